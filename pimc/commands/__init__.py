@@ -1,0 +1,1 @@
+"""One module a ``pimc`` command; each exposes ``main(...)`` called by ``pimc.cli``."""

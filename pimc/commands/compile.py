@@ -1,0 +1,7 @@
+"""`pimc compile`."""
+
+from runtime.errors import UserError
+
+
+def main(*args, **kwargs) -> None:
+    raise UserError("'pimc compile' is not implemented yet")
