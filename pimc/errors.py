@@ -13,10 +13,8 @@ class ModelError(UserError):
     exit_code = 2
 
 
-class ConfigError(UserError):
-    """A hardware configuration key, type or value is wrong."""
-
-    exit_code = 2
+# The runtime validates embedded configs too, so the class lives there; one class for both sides.
+from runtime.errors import ConfigError  # noqa: E402,F401
 
 
 class InputError(UserError):

@@ -13,6 +13,12 @@ class ProgramError(UserError):
     exit_code = 3
 
 
+class ConfigError(UserError):
+    """A hardware configuration (preset, TOML file or embedded config) has a bad key, type or value."""
+
+    exit_code = 2
+
+
 class RunInputError(UserError):
     """An input array given to the simulator has the wrong shape or dtype."""
 
