@@ -1,7 +1,50 @@
-"""`pimc reference`."""
+"""`pimc reference`: run the float nn IR (or, with --int, the quantized network in exact integer
+arithmetic) on user inputs and write the model's outputs.
 
-from runtime.errors import UserError
+The float path is the first rung of the verification ladder; the integer path is the golden model
+the simulator must match bit for bit. Both read inputs through ``pimc.frontend.inputs`` so a
+wrong file is rejected with the same message everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pimc.errors import InputError
 
 
-def main(*args, **kwargs) -> None:
-    raise UserError("'pimc reference' is not implemented yet")
+def main(
+    model: str,
+    input_path: str,
+    output_path: str,
+    integer: bool,
+    config: str,
+    input_shapes: tuple[str, ...],
+    quant: dict[str, Any],
+) -> None:
+    from pimc.frontend.inputs import load_inputs, save_outputs
+    from pimc.frontend.onnx_import import import_onnx, parse_input_shapes
+
+    module = import_onnx(model, parse_input_shapes(input_shapes))
+    inputs = load_inputs(input_path, module)
+    if not integer:
+        if quant.get("calibration"):
+            raise InputError("--calibration is only used with --int (the float reference needs no calibration data)")
+        from pimc.reference.float_ref import run_float
+
+        outputs = run_float(module, inputs)
+    else:
+        from pimc.commands.compile import is_float_model, quantize, resolve_config
+
+        if is_float_model(module) and not quant.get("calibration"):
+            raise InputError(
+                f"{model} is a float model: --int needs calibration inputs to choose activation ranges. "
+                "Give a batch of typical inputs with --calibration CAL.npy (an array in the model's input "
+                "layout, batch first) or --calibration CAL.npz (one array per input name)"
+            )
+        cfg = resolve_config(config, quant)
+        from pimc.reference.int_ref import run_int
+
+        quantize(module, cfg, quant, model)
+        outputs = run_int(module, inputs)
+    save_outputs(output_path, outputs)
