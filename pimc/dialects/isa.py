@@ -244,8 +244,8 @@ OutputDirective = _op(
 )
 LayerDirective = _op(
     "layer",
-    [("sym_name", "str")],
-    "`.layer NAME`: the following instructions count against report layer NAME.",
+    [("label", "str")],
+    "`.layer NAME`: the following instructions count against report layer NAME (``label``).",
     directive=True,
 )
 

@@ -1,0 +1,54 @@
+"""isa module -> ``runtime.model.Program``: a one-to-one translation of directives and instructions.
+
+The isa module already is the program in order (``pimc.dialects.isa``), so emission only turns
+attributes into program values, tags every instruction with the open ``.layer``, embeds the
+hardware configuration, and checks the result against the runtime's instruction schema
+(``runtime.opcodes.validate_program``): a program the runtime would reject is a compiler bug and
+fails here, at compile time, with the offending instruction named.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+
+from pimc.dialects import isa
+from runtime.model import Buffer, Const, Instr, Port, Program, Xbar
+
+
+def emit_program(module: ModuleOp, cfg: dict | None = None) -> Program:
+    """The program held by an isa-level module; ``cfg`` defaults to the module's ``pimc.hw``."""
+    from runtime.errors import ProgramError
+    from runtime.opcodes import validate_program
+
+    if cfg is None:
+        from pimc.hw import config_of
+
+        cfg = config_of(module)
+    program = Program(config=cfg)
+    layer = ""
+    for op in module.body.block.ops:
+        if not isinstance(op, isa.IsaOp):
+            raise ValueError(
+                f"emit_program: {op.name} is not an isa op; run the pipeline through convert-xbar-to-isa first"
+            )
+        f = op.fields()
+        if isinstance(op, isa.BufferDirective):
+            program.buffers.append(Buffer(f["sym_name"], f["type"], list(f["shape"])))
+        elif isinstance(op, isa.ConstDirective):
+            program.consts.append(Const(f["sym_name"], np.array(f["value"])))
+        elif isinstance(op, isa.XbarDirective):
+            program.xbars.append(Xbar(**f))
+        elif isinstance(op, isa.InputDirective):
+            program.inputs.append(Port(f["port"], f["buf"], f["scale"], f["zp"]))
+        elif isinstance(op, isa.OutputDirective):
+            program.outputs.append(Port(f["port"], f["buf"], f["scale"], f["zp"]))
+        elif isinstance(op, isa.LayerDirective):
+            layer = f["label"]
+        else:
+            program.instrs.append(Instr(op.OPCODE, f, layer))
+    try:
+        validate_program(program, "the compiled program")
+    except ProgramError as err:  # the compiler's fault, not the user's
+        raise RuntimeError(f"internal error: convert-xbar-to-isa produced an ill-formed program: {err}") from err
+    return program

@@ -1,0 +1,445 @@
+"""``convert-xbar-to-isa``: the mapped network (``xbar`` layers + quantized digital ``nn`` ops in
+``func.func @main``) -> the ``isa`` program, in order (``spec/isa.md``).
+
+Each SSA value gets one buffer (batch dimension ``?``), named after the op that produces it
+(``pimc.name``). A matrix layer (``xbar.layer``) lowers to::
+
+    .layer NAME
+    im2col    NAME.cols <- input              (convolutions only; a gemm reads its input directly)
+    mvm       xbar i -> NAME.colres @ col0_i  (one per crossbar of the layer)
+    shiftadd  NAME.acc <- NAME.colres, colmap, init=1
+    requant   NAME <- NAME.acc, bias, mult, shift, zp, lo, hi, layout nchw|flat
+
+and every digital op to one instruction whose integer constants come from ``pimc.quant.intmath``,
+the same functions the integer reference (``pimc.reference.int_ref``) uses, so the two agree by
+construction. Graph inputs (``nn.quantize`` of an argument) and outputs (``nn.dequantize`` before
+the return) become ``.input`` / ``.output`` ports. The module body is replaced by the isa ops:
+declarations (constants, crossbars, buffers), ports, then the instructions and a final ``halt``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from xdsl.context import Context
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp, StringAttr
+from xdsl.ir import Operation, SSAValue
+from xdsl.passes import ModulePass
+
+from pimc.dialects import isa, nn
+from pimc.dialects.nn import QuantType, numpy_from_dense, shape_of
+from pimc.errors import ModelError
+from pimc.quant import intmath
+
+_NAME_OK = re.compile(r"[^A-Za-z0-9_.]")
+
+
+def storage_dtype(qt: QuantType) -> str:
+    """The program element type holding codes of ``qt``."""
+    bits = qt.bits.data
+    width = 8 if bits <= 8 else 16 if bits <= 16 else 32
+    if width == 32:
+        return "i32" if qt.signed.data else "i64"
+    return f"{'i' if qt.signed.data else 'u'}{width}"
+
+
+def _np_dtype(name: str) -> np.dtype:
+    from runtime.model import DTYPES
+
+    return DTYPES[name]
+
+
+class Names:
+    """Unique, readable program names: ``[A-Za-z_][A-Za-z0-9_.]*``."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def fresh(self, base: str) -> str:
+        name = _NAME_OK.sub("_", base) or "v"
+        if not (name[0].isalpha() or name[0] == "_"):
+            name = "v" + name
+        candidate, i = name, 1
+        while candidate in self.used:
+            candidate = f"{name}_{i}"
+            i += 1
+        self.used.add(candidate)
+        return candidate
+
+
+def op_label(op: Operation, index: int) -> str:
+    """The ONNX node name kept by the front end, else the op kind and its position."""
+    attr = op.attributes.get("pimc.name")
+    if isinstance(attr, StringAttr) and attr.data:
+        return attr.data
+    return f"{op.name.split('.')[-1]}{index}"
+
+
+def _qt(value: SSAValue, what: Operation) -> QuantType:
+    t = nn.element_of(value)
+    if not isinstance(t, QuantType):
+        raise ModelError(
+            f"convert-xbar-to-isa: {what.name} works on float values; quantize the network first (nn-quantize)"
+        )
+    return t
+
+
+class Lowering:
+    """Builds the isa ops of one ``func.func @main``."""
+
+    def __init__(self, fn: func.FuncOp):
+        self.fn = fn
+        self.names = Names()
+        self.layer_names = Names()
+        self.buffer_names: set[str] = set()
+        self.decls: list[isa.IsaOp] = []  # consts and crossbars
+        self.buffers: list[isa.IsaOp] = []
+        self.ports: list[isa.IsaOp] = []
+        self.body: list[isa.IsaOp] = []
+        self.buf: dict[SSAValue, str] = {}  # value -> buffer (or constant) name
+        self.xbar_count = 0
+
+    # ----------------------------------------------------------------------------- helpers
+
+    def emit(self, cls: type[isa.IsaOp], **fields: Any) -> None:
+        self.body.append(cls.build(**fields))
+
+    def layer(self, name: str) -> None:
+        self.emit(isa.LayerDirective, label=name)
+
+    def const(self, base: str, array: np.ndarray) -> str:
+        name = self.names.fresh(base)
+        self.decls.append(isa.ConstDirective.build(sym_name=name, value=np.ascontiguousarray(array)))
+        return name
+
+    def buffer(self, base: str, dtype: str, shape: tuple[int, ...] | list[int]) -> str:
+        name = self.names.fresh(base)
+        shape = [-1, *[int(d) for d in list(shape)[1:]]]
+        self.buffers.append(isa.BufferDirective.build(sym_name=name, type=dtype, shape=shape))
+        self.buffer_names.add(name)
+        return name
+
+    def value_buffer(self, value: SSAValue, base: str) -> str:
+        """The buffer holding ``value``'s codes (declared on first use)."""
+        if value not in self.buf:
+            qt = _qt(value, value.owner)  # type: ignore[arg-type]
+            self.buf[value] = self.buffer(base, storage_dtype(qt), shape_of(value))
+        return self.buf[value]
+
+    def operand(self, value: SSAValue, user: Operation) -> str:
+        """The name of a buffer (or constant, for ``nn.constant`` operands) holding ``value``."""
+        if value in self.buf:
+            return self.buf[value]
+        owner = value.owner
+        if isinstance(owner, nn.ConstantOp):
+            qt = _qt(value, owner)
+            codes = numpy_from_dense(owner.value).astype(_np_dtype(storage_dtype(qt)))
+            self.buf[value] = self.const(f"{op_label(user, 0)}.k", codes)
+            return self.buf[value]
+        raise ModelError(f"convert-xbar-to-isa: {user.name} reads a value no earlier op produced ({owner})")
+
+    # ------------------------------------------------------------------------------- run
+
+    def run(self) -> list[isa.IsaOp]:
+        from pimc.quant.calibrate import arg_names, result_names
+
+        block = self.fn.body.block
+        in_names = dict(zip(block.args, arg_names(self.fn)))
+        for index, op in enumerate(block.ops):
+            if isinstance(op, func.ReturnOp):
+                for name, v in zip(result_names(self.fn), op.operands):
+                    self.output(name, v)
+                continue
+            if isinstance(op, nn.ConstantOp):
+                continue  # declared where it is read
+            if isinstance(op, nn.QuantizeOp):
+                if op.input not in in_names:
+                    raise ModelError(
+                        "convert-xbar-to-isa: nn.quantize inside the network (a float segment between "
+                        "quantized layers) is not supported; quantize the whole network"
+                    )
+                self.input(in_names[op.input], op)
+                continue
+            if isinstance(op, nn.DequantizeOp):
+                if not all(isinstance(u.operation, func.ReturnOp) for u in op.output.uses):
+                    raise ModelError(
+                        "convert-xbar-to-isa: nn.dequantize inside the network (a float segment between "
+                        "quantized layers) is not supported"
+                    )
+                continue
+            label = op_label(op, index)
+            lower = self._lowering_of(op)
+            self.layer(self.layer_names.fresh(label))
+            lower(op, label)
+        self.emit(isa.HaltOp)
+        return [*self.decls, *self.buffers, *self.ports, *self.body]
+
+    def _lowering_of(self, op: Operation):
+        for cls, method in _DIGITAL:
+            if isinstance(op, cls):
+                return getattr(self, method)
+        if op.name == "xbar.layer":
+            return self.matrix_layer
+        if isinstance(op, (nn.Conv2dOp, nn.GemmOp)):
+            raise ModelError(
+                f"convert-xbar-to-isa: {op_label(op, 0)} ({op.name}) is not mapped to crossbars; run "
+                "convert-nn-to-xbar, xbar-bit-slice, xbar-tile and xbar-place first"
+            )
+        raise ModelError(f"convert-xbar-to-isa: no lowering for {op.name} ({op_label(op, 0)})")
+
+    # ------------------------------------------------------------------------------ ports
+
+    def input(self, name: str, op: nn.QuantizeOp) -> None:
+        qt = _qt(op.output, op)
+        buf = self.value_buffer(op.output, name)
+        self.ports.append(
+            isa.InputDirective.build(port=name, buf=buf, scale=qt.scale.data, zp=qt.zero_point.data)
+        )
+
+    def output(self, name: str, value: SSAValue) -> None:
+        if isinstance(value.owner, nn.DequantizeOp):
+            value = value.owner.input
+        qt = _qt(value, value.owner)  # type: ignore[arg-type]
+        buf = self.operand(value, value.owner)  # type: ignore[arg-type]
+        if buf not in self.buffer_names:
+            raise ModelError(f"convert-xbar-to-isa: output {name!r} is not computed by the network")
+        self.ports.append(
+            isa.OutputDirective.build(port=name, buf=buf, scale=qt.scale.data, zp=qt.zero_point.data)
+        )
+
+    # ------------------------------------------------------------------------ digital ops
+
+    def lut(self, op: nn.LutOp, label: str) -> None:
+        table = numpy_from_dense(op.table).astype(np.int64)
+        src = self.operand(op.input, op)
+        dst = self.value_buffer(op.output, label)
+        self.emit(isa.LutOp, dst=dst, src=src, table=self.const(f"{label}.table", table), axis=1)
+
+    def add(self, op: nn.AddOp | nn.SubOp, label: str) -> None:
+        a, b = self.operand(op.lhs, op), self.operand(op.rhs, op)
+        ta, tb, ty = _qt(op.lhs, op), _qt(op.rhs, op), _qt(op.output, op)
+        ma, mb, shift = intmath.add_params(ta.scale.data, tb.scale.data, ty.scale.data, isinstance(op, nn.SubOp))
+        dst = self.value_buffer(op.output, label)
+        self.emit(
+            isa.AddOp,
+            dst=dst,
+            a=a,
+            b=b,
+            ma=ma,
+            mb=mb,
+            shift=shift,
+            za=ta.zero_point.data,
+            zb=tb.zero_point.data,
+            zp=ty.zero_point.data,
+            lo=ty.qmin,
+            hi=ty.qmax,
+        )
+
+    def mul(self, op: nn.MulOp, label: str) -> None:
+        a, b = self.operand(op.lhs, op), self.operand(op.rhs, op)
+        ta, tb, ty = _qt(op.lhs, op), _qt(op.rhs, op), _qt(op.output, op)
+        m, shift = intmath.mul_params(ta.scale.data, tb.scale.data, ty.scale.data)
+        dst = self.value_buffer(op.output, label)
+        self.emit(
+            isa.MulOp,
+            dst=dst,
+            a=a,
+            b=b,
+            m=m,
+            shift=shift,
+            za=ta.zero_point.data,
+            zb=tb.zero_point.data,
+            zp=ty.zero_point.data,
+            lo=ty.qmin,
+            hi=ty.qmax,
+        )
+
+    def rescale(self, op: nn.RequantizeOp, label: str) -> None:
+        ti, to = _qt(op.input, op), _qt(op.output, op)
+        m, shift = intmath.rescale_params(ti.scale.data, to.scale.data)
+        src = self.operand(op.input, op)
+        dst = self.value_buffer(op.output, label)
+        self.emit(
+            isa.RescaleOp,
+            dst=dst,
+            src=src,
+            m=m,
+            shift=shift,
+            zin=ti.zero_point.data,
+            zp=to.zero_point.data,
+            lo=to.qmin,
+            hi=to.qmax,
+        )
+
+    def maxpool(self, op: nn.MaxPoolOp, label: str) -> None:
+        src = self.operand(op.input, op)
+        dst = self.value_buffer(op.output, label)
+        self.emit(
+            isa.MaxpoolOp,
+            dst=dst,
+            src=src,
+            kernel=nn.ints(op.kernel),
+            stride=nn.ints(op.strides),
+            pad=nn.ints(op.pads),
+            dilation=nn.ints(op.dilations),
+        )
+
+    def avgpool(self, op: nn.AvgPoolOp | nn.GlobalAvgPoolOp, label: str) -> None:
+        ti, to = _qt(op.input, op), _qt(op.output, op)
+        in_shape = shape_of(op.input)
+        if isinstance(op, nn.GlobalAvgPoolOp):
+            if len(in_shape) != 4:
+                raise ModelError(f"convert-xbar-to-isa: global average pool of a {len(in_shape)}-D tensor (needs NCHW)")
+            kernel, stride, pad, include = [in_shape[2], in_shape[3]], [1, 1], [0, 0, 0, 0], 1
+        else:
+            kernel, stride, pad = list(nn.ints(op.kernel)), list(nn.ints(op.strides)), list(nn.ints(op.pads))
+            include = op.count_include_pad.value.data
+        max_count = kernel[0] * kernel[1]
+        try:
+            m, shift = intmath.avgpool_params(ti.scale.data, to.scale.data, max_count, ti.bits.data)
+        except ValueError as err:
+            raise ModelError(f"{label}: {err}") from None
+        src = self.operand(op.input, op)
+        dst = self.value_buffer(op.output, label)
+        self.emit(
+            isa.AvgpoolOp,
+            dst=dst,
+            src=src,
+            kernel=kernel,
+            stride=stride,
+            pad=pad,
+            count_include_pad=int(include),
+            zin=ti.zero_point.data,
+            m=m,
+            shift=shift,
+            zp=to.zero_point.data,
+            lo=to.qmin,
+            hi=to.qmax,
+        )
+
+    def concat(self, op: nn.ConcatOp, label: str) -> None:
+        ty = _qt(op.output, op)
+        for v in op.inputs:
+            if _qt(v, op) != ty:
+                raise ModelError(f"{label}: concat inputs must share the output's quantization (nn.requantize them)")
+        srcs = [self.operand(v, op) for v in op.inputs]
+        if any(s not in self.buffer_names for s in srcs):
+            raise ModelError(f"{label}: concatenating a constant tensor is not supported")
+        axis = op.axis.value.data % len(shape_of(op.output))
+        self.emit(isa.ConcatOp, dst=self.value_buffer(op.output, label), srcs=srcs, axis=axis)
+
+    def reshape(self, op: nn.ReshapeOp, label: str) -> None:
+        src = self.operand(op.input, op)
+        self.emit(isa.ReshapeOp, dst=self.value_buffer(op.output, label), src=src)
+
+    def transpose(self, op: nn.TransposeOp, label: str) -> None:
+        src = self.operand(op.input, op)
+        self.emit(isa.TransposeOp, dst=self.value_buffer(op.output, label), src=src, perm=nn.ints(op.perm))
+
+    def pad(self, op: nn.PadOp, label: str) -> None:
+        t = _qt(op.input, op)
+        code = int(intmath.quantize_float(op.value.value.data, t.scale.data, t.zero_point.data, t.qmin, t.qmax))
+        src = self.operand(op.input, op)
+        self.emit(isa.PadOp, dst=self.value_buffer(op.output, label), src=src, pads=nn.ints(op.pads), value=code)
+
+    def softmax(self, op: nn.SoftmaxOp, label: str) -> None:
+        ti, to = _qt(op.input, op), _qt(op.output, op)
+        axis = op.axis.value.data % len(shape_of(op.input))
+        src = self.operand(op.input, op)
+        self.emit(
+            isa.SoftmaxOp,
+            dst=self.value_buffer(op.output, label),
+            src=src,
+            axis=axis,
+            in_scale=ti.scale.data,
+            in_zp=ti.zero_point.data,
+            out_scale=to.scale.data,
+            out_zp=to.zero_point.data,
+        )
+
+    def lrn(self, op: nn.LrnOp, label: str) -> None:
+        ti, to = _qt(op.input, op), _qt(op.output, op)
+        src = self.operand(op.input, op)
+        self.emit(
+            isa.LrnOp,
+            dst=self.value_buffer(op.output, label),
+            src=src,
+            size=op.size.value.data,
+            alpha=op.alpha.value.data,
+            beta=op.beta.value.data,
+            bias=op.bias.value.data,
+            in_scale=ti.scale.data,
+            in_zp=ti.zero_point.data,
+            out_scale=to.scale.data,
+            out_zp=to.zero_point.data,
+        )
+
+    def div(self, op: nn.DivOp, label: str) -> None:
+        ta, tb, ty = _qt(op.lhs, op), _qt(op.rhs, op), _qt(op.output, op)
+        a, b = self.operand(op.lhs, op), self.operand(op.rhs, op)
+        self.emit(
+            isa.DivOp,
+            dst=self.value_buffer(op.output, label),
+            a=a,
+            b=b,
+            a_scale=ta.scale.data,
+            a_zp=ta.zero_point.data,
+            b_scale=tb.scale.data,
+            b_zp=tb.zero_point.data,
+            out_scale=ty.scale.data,
+            out_zp=ty.zero_point.data,
+        )
+
+    # ----------------------------------------------------------------------- matrix layers
+
+    def matrix_layer(self, op: Operation, label: str) -> None:
+        raise NotImplementedError("xbar.layer lowering lands with the xbar dialect")
+
+
+#: digital nn op -> Lowering method
+_DIGITAL: tuple[tuple[type[Operation], str], ...] = (
+    (nn.LutOp, "lut"),
+    (nn.AddOp, "add"),
+    (nn.SubOp, "add"),
+    (nn.MulOp, "mul"),
+    (nn.RequantizeOp, "rescale"),
+    (nn.MaxPoolOp, "maxpool"),
+    (nn.AvgPoolOp, "avgpool"),
+    (nn.GlobalAvgPoolOp, "avgpool"),
+    (nn.ConcatOp, "concat"),
+    (nn.ReshapeOp, "reshape"),
+    (nn.TransposeOp, "transpose"),
+    (nn.PadOp, "pad"),
+    (nn.SoftmaxOp, "softmax"),
+    (nn.LrnOp, "lrn"),
+    (nn.DivOp, "div"),
+)
+
+
+def convert_module(module: ModuleOp) -> ModuleOp:
+    """Replaces ``func.func @main`` in ``module`` by the isa program (in place); returns it."""
+    from pimc.quant.calibrate import main_func
+
+    fn = main_func(module)
+    ops = Lowering(fn).run()
+    fn.detach()
+    fn.erase()
+    module.body.block.add_ops(ops)
+    return module
+
+
+@dataclass(frozen=True)
+class ConvertXbarToIsaPass(ModulePass):
+    """Lower the mapped network to the program's instructions (``spec/isa.md``)."""
+
+    name = "convert-xbar-to-isa"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        convert_module(op)
+
+
+__all__ = ["ConvertXbarToIsaPass", "convert_module", "storage_dtype", "Lowering"]
