@@ -1,0 +1,589 @@
+"""The instruction-set simulator: runs a program on a batch of inputs (``spec/isa.md``).
+
+``run_program`` checks the user's inputs against the program's ``.input`` ports, quantizes them on
+the host, and executes every instruction over all its iterations at once (``runtime.kernels``),
+in batch chunks of at most ``batch_size`` images. It returns dequantized float32 outputs and the
+report (``runtime.report``, schema in ``spec/report.md``) built from the events each instruction
+counted (``runtime.cost``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime import kernels as K
+from runtime import kernels_digital as D
+from runtime.errors import ProgramError, RunInputError
+from runtime.model import DTYPES, FORMAT_VERSION, Buffer, Instr, Program
+from runtime.opcodes import OPCODES, canonical_fields, validate_program
+from runtime.report import build_report
+
+#: opcodes reserved by spec/isa.md §4 that this runtime does not implement
+RESERVED = ("mvm_et", "mvm_dq", "adc_cfg")
+
+
+@dataclass
+class InstrStats:
+    """What one instruction did over the whole run (summed over batch chunks)."""
+
+    index: int
+    opcode: str
+    layer: str
+    events: dict[str, int] = field(default_factory=dict)
+    adc_by_bits: dict[int, int] = field(default_factory=dict)
+    path: str | None = None  # mvm only: "fast" | "bit-level"
+    xbar: int | None = None
+
+    def add(self, events: dict[str, int]) -> None:
+        for k, v in events.items():
+            self.events[k] = self.events.get(k, 0) + int(v)
+
+
+def _need(instr: Instr, name: str, index: int) -> Any:
+    try:
+        return instr.fields[name]
+    except KeyError:
+        raise ProgramError(f"instruction {index} ({instr.opcode}) has no field {name!r}") from None
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class Machine:
+    """A program prepared for execution: declarations indexed and checked once, then run per chunk."""
+
+    def __init__(self, program: Program):
+        if tuple(program.version) != tuple(FORMAT_VERSION):
+            raise ProgramError(
+                f"program format version {program.version[0]}.{program.version[1]} is not supported by this runtime "
+                f"(it runs version {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]})"
+            )
+        validate_program(program, "the program")
+        self.program = program
+        # defaults filled in, so hand-built programs may omit fields that have one
+        self.instrs = [
+            Instr(i.opcode, canonical_fields(i.opcode, i.fields) if not OPCODES[i.opcode].reserved else i.fields, i.layer)
+            for i in program.instrs
+        ]
+        self.cfg = program.config or {}
+        self.buffers: dict[str, Buffer] = {}
+        for b in program.buffers:
+            if b.dtype not in DTYPES or b.dtype == "f64":
+                raise ProgramError(f"buffer {b.name!r} has element type {b.dtype!r}; buffers are u8 u16 i8 i16 i32 i64")
+            if not b.shape or any(d < 1 for d in b.shape[1:]) or b.shape[0] < -1 or b.shape[0] == 0:
+                raise ProgramError(f"buffer {b.name!r} has an invalid shape {b.shape}")
+            self.buffers[b.name] = b
+        self.consts = {c.name: c.array for c in program.consts}
+        try:
+            cell_bits = int(self.cfg["crossbar"]["cell_bits"])
+        except (KeyError, TypeError, ValueError):
+            raise ProgramError("the program's hardware configuration has no crossbar.cell_bits") from None
+        self.xbars: dict[int, K.XbarInfo] = {}
+        self.place: dict[int, tuple[int, int]] = {}
+        for xb in program.xbars:
+            if xb.id in self.xbars:
+                raise ProgramError(f"crossbar {xb.id} is declared twice")
+            image = self._const(xb.image, f"crossbar {xb.id} image")
+            table = self._const(xb.row_table, f"crossbar {xb.id} row table")
+            self.xbars[xb.id] = K.prepare_xbar(xb, image, table, cell_bits)
+            self.place[xb.id] = (int(xb.chip), int(xb.tile))
+        for p in [*program.inputs, *program.outputs]:
+            if p.buf not in self.buffers:
+                raise ProgramError(f"port {p.name!r} names an undeclared buffer {p.buf!r}")
+            if not (math.isfinite(p.scale) and p.scale > 0):
+                raise ProgramError(f"port {p.name!r} has an invalid scale {p.scale!r}")
+        for i, ins in enumerate(program.instrs):
+            if ins.opcode in RESERVED:
+                raise ProgramError(f"instruction {i}: instruction {ins.opcode} is not implemented by this runtime (format {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]})")
+            if ins.opcode not in _DISPATCH:
+                raise ProgramError(f"instruction {i}: unknown opcode {ins.opcode!r}")
+        self.flit_bits = int(self.cfg.get("router", {}).get("flit_bits", 32))
+
+    # ------------------------------------------------------------------------------ storage
+
+    def _const(self, name: str, what: str) -> np.ndarray:
+        try:
+            return self.consts[name]
+        except KeyError:
+            raise ProgramError(f"{what}: no constant named {name!r}") from None
+
+    def read(self, name: str) -> np.ndarray:
+        """A buffer (already written in this chunk) or a constant."""
+        if name in self.env:
+            return self.env[name]
+        if name in self.consts:
+            return self.consts[name]
+        if name in self.buffers:
+            raise ProgramError(f"instruction {self.pc} ({self.instr.opcode}) reads buffer {name!r} before anything wrote it")
+        raise ProgramError(f"instruction {self.pc} ({self.instr.opcode}) names an unknown buffer or constant {name!r}")
+
+    def decl(self, name: str) -> Buffer:
+        try:
+            return self.buffers[name]
+        except KeyError:
+            raise ProgramError(f"instruction {self.pc} ({self.instr.opcode}) writes {name!r}, which is not a declared buffer") from None
+
+    def write(self, name: str, arr: np.ndarray) -> np.ndarray:
+        """Store a result in its declared buffer: shape and value range checked, declared type kept."""
+        b = self.decl(name)
+        arr = np.asarray(arr)
+        fixed = b.shape[1:] if b.shape[0] == -1 else b.shape
+        got = list(arr.shape[1:]) if b.shape[0] == -1 else list(arr.shape)
+        if arr.ndim != len(b.shape) or got != list(fixed):
+            raise ProgramError(
+                f"instruction {self.pc} ({self.instr.opcode}) produces shape {list(arr.shape)} for buffer {name!r} declared {b.shape}"
+            )
+        dt = DTYPES[b.dtype]
+        if arr.dtype != dt:
+            lo, hi = D.type_range(dt)
+            if arr.size and (arr.min() < lo or arr.max() > hi):
+                raise ProgramError(
+                    f"instruction {self.pc} ({self.instr.opcode}) writes values in [{arr.min()}, {arr.max()}] "
+                    f"to buffer {name!r} of type {b.dtype}"
+                )
+            arr = arr.astype(dt)
+        self.env[name] = arr
+        return arr
+
+    # ------------------------------------------------------------------------------ routing
+
+    def _home(self, name: str) -> tuple[int, int] | None:
+        return self.homes.get(name)
+
+    def _move(self, name: str, nbytes: int, to: tuple[int, int] | None) -> dict[str, int]:
+        """Router traffic of ``nbytes`` of buffer ``name`` consumed at place ``to``."""
+        src = self.homes.get(name)
+        if to is None or src is None or src == to or nbytes <= 0:
+            return {}
+        flits = _ceil_div(nbytes * 8, self.flit_bits)
+        ev = {"router_flits": flits}
+        if src[0] != to[0]:
+            ev["chip_flits"] = flits
+        return ev
+
+    # ------------------------------------------------------------------------------ execution
+
+    def run_chunk(self, feeds: dict[str, np.ndarray], stats: list[InstrStats], fast_path: bool) -> None:
+        self.env: dict[str, np.ndarray] = {}
+        self.homes: dict[str, tuple[int, int]] = {}
+        self.colhomes: dict[str, dict[int, tuple[int, int, int]]] = {}  # dst -> col0 -> (place.., xbar)
+        for name, arr in feeds.items():
+            self.env[name] = arr
+        for i, ins in enumerate(self.instrs):
+            self.pc, self.instr = i, ins
+            if ins.opcode == "halt":
+                break
+            out = _DISPATCH[ins.opcode](self, ins, fast_path)
+            st = stats[i]
+            if isinstance(out, tuple):
+                events, extra = out
+                st.add(events)
+                for k, v in extra.get("adc", {}).items():
+                    st.adc_by_bits[k] = st.adc_by_bits.get(k, 0) + v
+                if "path" in extra:
+                    st.path = extra["path"] if st.path in (None, extra["path"]) else "mixed"
+                st.xbar = extra.get("xbar", st.xbar)
+            else:
+                st.add(out)
+
+    # ------------------------------------------------------------------ crossbar instructions
+
+    def op_im2col(self, ins: Instr, fast: bool):
+        f = ins.fields
+        src = self.read(_need(ins, "src", self.pc))
+        dst_name = _need(ins, "dst", self.pc)
+        out = K.im2col(src, _need(ins, "kernel", self.pc), _need(ins, "stride", self.pc), _need(ins, "pad", self.pc),
+                       _need(ins, "dilation", self.pc), int(_need(ins, "pad_value", self.pc)))
+        out = self.write(dst_name, out)
+        if f["src"] in self.homes:
+            self.homes[dst_name] = self.homes[f["src"]]
+        return {"buffer_read_bytes": out.nbytes, "buffer_write_bytes": out.nbytes}
+
+    def op_mvm(self, ins: Instr, fast_path: bool):
+        xid = int(_need(ins, "xbar", self.pc))
+        if xid not in self.xbars:
+            raise ProgramError(f"instruction {self.pc} (mvm) names undeclared crossbar {xid}")
+        xb = self.xbars[xid]
+        src_name, dst_name = _need(ins, "src", self.pc), _need(ins, "dst", self.pc)
+        src = self.read(src_name)
+        src2d = src.reshape(-1, src.shape[-1]) if src.ndim != 2 else src
+        bits, dac_bits = int(_need(ins, "bits", self.pc)), int(_need(ins, "dac_bits", self.pc))
+        col0 = int(_need(ins, "col0", self.pc))
+        order = _need(ins, "order", self.pc)
+        lossless = xb.provably_lossless(dac_bits) if dac_bits >= 1 else False
+        if xb.lossless_flag and not lossless:
+            raise ProgramError(
+                f"crossbar {xid} is marked lossless, but with {dac_bits}-bit DAC steps its ADC "
+                f"({xb.adc_bits} bits, {xb.adc_mode}) can change a column sum"
+            )
+        use_fast = fast_path and lossless
+        res, events = K.mvm(src2d, xb, bits, dac_bits, order, use_fast)
+        decl = self.decl(dst_name)
+        if len(decl.shape) != 2:
+            raise ProgramError(f"mvm destination {dst_name!r} must be a 2-d [P, columns] buffer")
+        P, ccol = src2d.shape[0], decl.shape[1]
+        if col0 < 0 or col0 + xb.cols > ccol:
+            raise ProgramError(f"instruction {self.pc} (mvm): columns {col0}..{col0 + xb.cols - 1} of crossbar {xid} fall outside {dst_name!r} ({ccol} columns)")
+        dst = self.env.get(dst_name)
+        if dst is None or dst.shape[0] != P:
+            dst = np.zeros((P, ccol), dtype=DTYPES[decl.dtype])
+            self.env[dst_name] = dst
+            self.colhomes[dst_name] = {}
+        lo, hi = D.type_range(dst.dtype)
+        if res.size and (res.min() < lo or res.max() > hi):
+            raise ProgramError(f"mvm on crossbar {xid}: column results overflow buffer {dst_name!r} ({decl.dtype})")
+        dst[:, col0 : col0 + xb.cols] = res
+        place = self.place[xid]
+        events.update(self._move(src_name, events["buffer_read_bytes"], place))
+        if src_name not in self.homes:
+            self.homes[src_name] = place  # the host loads model inputs where they are first used
+        # width of one column result: what a partial sum needs, for the router (shiftadd)
+        psum_bytes = _ceil_div(max(((1 << bits) - 1) * xb.max_col_sum, 1).bit_length(), 8)
+        self.colhomes[dst_name][col0] = (place, xb.cols, psum_bytes, xid)
+        T = _ceil_div(bits, dac_bits)
+        return events, {"adc": {xb.adc_bits: events["adc_conversions"]}, "path": "fast" if use_fast else "bit-level", "xbar": xid, "steps": T}
+
+    def op_shiftadd(self, ins: Instr, fast: bool):
+        src_name, dst_name = _need(ins, "src", self.pc), _need(ins, "dst", self.pc)
+        src = self.read(src_name)
+        colmap = self._const(_need(ins, "colmap", self.pc), f"instruction {self.pc} (shiftadd) column map")
+        decl = self.decl(dst_name)
+        if len(decl.shape) != 2:
+            raise ProgramError(f"shiftadd destination {dst_name!r} must be a 2-d [P, N] buffer")
+        init = int(ins.fields.get("init", 1))
+        dst = None
+        if not init:
+            prev = self.env.get(dst_name)
+            if prev is None or prev.shape[0] != src.shape[0]:
+                raise ProgramError(f"instruction {self.pc} (shiftadd, init = 0) accumulates into {dst_name!r}, which holds nothing yet")
+            dst = prev.astype(np.int64, copy=True)
+        acc = K.shiftadd(src, colmap, decl.shape[1], dst)
+        acc = self.write(dst_name, acc)
+        P = src.shape[0]
+        cm = np.asarray(colmap)
+        active = int((cm[:, 0] != -2).sum()) if cm.size else 0
+        events = {
+            "shift_adds": P * active,
+            "macs": P * int(_need(ins, "macs", self.pc)),
+            "buffer_read_bytes": P * active * src.dtype.itemsize,
+            "buffer_write_bytes": acc.nbytes,
+        }
+        # column results computed on other tiles travel to the tile of the layer's first crossbar
+        parts = sorted(self.colhomes.get(src_name, {}).items())
+        if parts:
+            home = parts[0][1][0]
+            for _, (place, ncols, pbytes, _x) in parts[1:]:
+                if place != home:
+                    bits = P * ncols * pbytes * 8
+                    flits = _ceil_div(bits, self.flit_bits)
+                    events["router_flits"] = events.get("router_flits", 0) + flits
+                    if place[0] != home[0]:
+                        events["chip_flits"] = events.get("chip_flits", 0) + flits
+            self.homes[dst_name] = home
+        elif src_name in self.homes:
+            self.homes[dst_name] = self.homes[src_name]
+        return events
+
+    def op_requant(self, ins: Instr, fast: bool):
+        n = self.pc
+        src = self.read(_need(ins, "src", n))
+        dst_name = _need(ins, "dst", n)
+        if src.ndim != 2:
+            raise ProgramError(f"instruction {n} (requant): source must be [P, N], got {list(src.shape)}")
+        N = src.shape[1]
+        vecs = []
+        for key in ("bias", "mult", "shift"):
+            v = np.asarray(self._const(_need(ins, key, n), f"instruction {n} (requant) {key}"), dtype=np.int64).reshape(-1)
+            if v.size not in (1, N):
+                raise ProgramError(f"instruction {n} (requant): {key} has {v.size} entries for {N} channels")
+            vecs.append(v)
+        bias, mult, shift = vecs
+        if shift.min() < 0 or shift.max() > 62:
+            raise ProgramError(f"instruction {n} (requant): shifts must lie in [0, 62]")
+        y = K.requant(src, bias, mult, shift, int(_need(ins, "zp", n)), int(_need(ins, "lo", n)), int(_need(ins, "hi", n)))
+        layout = _need(ins, "layout", n)
+        decl = self.decl(dst_name)
+        if layout == "nchw":
+            Ho, Wo = (int(v) for v in _need(ins, "out_hw", n))
+            if Ho * Wo <= 0 or y.shape[0] % (Ho * Wo):
+                raise ProgramError(f"instruction {n} (requant): {y.shape[0]} rows are not a whole number of {Ho}x{Wo} maps")
+            y = y.reshape(-1, Ho, Wo, N).transpose(0, 3, 1, 2)
+        elif layout == "flat":
+            fixed = decl.shape[1:]
+            if int(np.prod(fixed)) == 0 or y.size % int(np.prod(fixed)):
+                raise ProgramError(f"instruction {n} (requant): {y.size} results do not fill buffer {dst_name!r} {decl.shape}")
+            y = y.reshape(-1, *fixed)
+        else:
+            raise ProgramError(f"instruction {n} (requant): layout must be nchw or flat, got {layout!r}")
+        out = self.write(dst_name, np.ascontiguousarray(y))
+        self._inherit(dst_name, [ins.fields["src"]])
+        return {"digital_ops": out.size, "buffer_read_bytes": src.nbytes, "buffer_write_bytes": out.nbytes}
+
+    # ------------------------------------------------------------------- digital instructions
+
+    def _inherit(self, dst: str, srcs: list[str]) -> dict[str, int]:
+        """dst lives where its first placed source lives; other sources travel there."""
+        placed = [s for s in srcs if s in self.homes]
+        if not placed:
+            return {}
+        home = self.homes[placed[0]]
+        self.homes[dst] = home
+        ev: dict[str, int] = {}
+        for s in placed[1:]:
+            arr = self.env.get(s)
+            if arr is not None:
+                for k, v in self._move(s, arr.nbytes, home).items():
+                    ev[k] = ev.get(k, 0) + v
+        return ev
+
+    def _digital(self, ins: Instr, dst_name: str, result: np.ndarray, srcs: list[str]) -> dict[str, int]:
+        out = self.write(dst_name, result)
+        read = sum(self.read(s).nbytes for s in srcs if s in self.env)
+        ev = {"digital_ops": out.size, "buffer_read_bytes": read, "buffer_write_bytes": out.nbytes}
+        for k, v in self._inherit(dst_name, [s for s in srcs if s in self.env]).items():
+            ev[k] = ev.get(k, 0) + v
+        return ev
+
+    def op_lut(self, ins: Instr, fast: bool):
+        n = self.pc
+        src_name = _need(ins, "src", n)
+        src = self.read(src_name)
+        table = self._const(_need(ins, "table", n), f"instruction {n} (lut) table")
+        qmin, _ = D.type_range(src.dtype)
+        res = D.lut(src, table, int(_need(ins, "axis", n)), qmin)
+        ev = self._digital(ins, _need(ins, "dst", n), res, [src_name])
+        ev["buffer_read_bytes"] += res.size * table.dtype.itemsize  # one table entry per element
+        return ev
+
+    def _ints(self, ins: Instr, *names: str) -> list[int]:
+        return [int(_need(ins, k, self.pc)) for k in names]
+
+    def op_add(self, ins: Instr, fast: bool):
+        a, b = _need(ins, "a", self.pc), _need(ins, "b", self.pc)
+        res = D.add(self.read(a), self.read(b), *self._ints(ins, "ma", "mb", "shift", "za", "zb", "zp", "lo", "hi"))
+        return self._digital(ins, _need(ins, "dst", self.pc), res, [a, b])
+
+    def op_mul(self, ins: Instr, fast: bool):
+        a, b = _need(ins, "a", self.pc), _need(ins, "b", self.pc)
+        res = D.mul(self.read(a), self.read(b), *self._ints(ins, "m", "shift", "za", "zb", "zp", "lo", "hi"))
+        return self._digital(ins, _need(ins, "dst", self.pc), res, [a, b])
+
+    def op_rescale(self, ins: Instr, fast: bool):
+        s = _need(ins, "src", self.pc)
+        res = D.rescale(self.read(s), *self._ints(ins, "m", "shift", "zin", "zp", "lo", "hi"))
+        return self._digital(ins, _need(ins, "dst", self.pc), res, [s])
+
+    def op_maxpool(self, ins: Instr, fast: bool):
+        n = self.pc
+        s, dst = _need(ins, "src", n), _need(ins, "dst", n)
+        res = D.maxpool(self.read(s), _need(ins, "kernel", n), _need(ins, "stride", n), _need(ins, "pad", n),
+                        _need(ins, "dilation", n), self._out_shape(dst))
+        return self._digital(ins, dst, res, [s])
+
+    def op_avgpool(self, ins: Instr, fast: bool):
+        n = self.pc
+        s, dst = _need(ins, "src", n), _need(ins, "dst", n)
+        cip, zin, m, shift, zp, lo, hi = self._ints(ins, "count_include_pad", "zin", "m", "shift", "zp", "lo", "hi")
+        res = D.avgpool(self.read(s), _need(ins, "kernel", n), _need(ins, "stride", n), _need(ins, "pad", n),
+                        cip, zin, m, shift, zp, lo, hi, self._out_shape(dst))
+        return self._digital(ins, dst, res, [s])
+
+    def _out_shape(self, dst: str) -> list[int]:
+        b = self.decl(dst)
+        if len(b.shape) != 4:
+            raise ProgramError(f"instruction {self.pc} ({self.instr.opcode}): destination {dst!r} must be [B, C, H, W]")
+        return b.shape
+
+    def op_concat(self, ins: Instr, fast: bool):
+        srcs = list(_need(ins, "srcs", self.pc))
+        arrs = [self.read(s) for s in srcs]
+        try:
+            res = np.concatenate(arrs, axis=int(_need(ins, "axis", self.pc)))
+        except (ValueError, np.exceptions.AxisError) as e:
+            raise ProgramError(f"instruction {self.pc} (concat): {e}") from None
+        return self._digital(ins, _need(ins, "dst", self.pc), res, srcs)
+
+    def op_reshape(self, ins: Instr, fast: bool):
+        s, dst = _need(ins, "src", self.pc), _need(ins, "dst", self.pc)
+        src = self.read(s)
+        b = self.decl(dst)
+        fixed = b.shape[1:] if b.shape[0] == -1 else b.shape
+        per = int(np.prod(fixed)) if fixed else 1
+        batch = src.shape[0] if src.ndim else 1
+        if b.shape[0] == -1 and src.size != batch * per:
+            raise ProgramError(f"instruction {self.pc} (reshape): {list(src.shape)} cannot become {b.shape} with the batch kept")
+        res = src.reshape(-1, *fixed) if b.shape[0] == -1 else src.reshape(fixed)
+        return self._digital(ins, dst, res, [s])
+
+    def op_transpose(self, ins: Instr, fast: bool):
+        s, dst = _need(ins, "src", self.pc), _need(ins, "dst", self.pc)
+        perm = [int(p) for p in _need(ins, "perm", self.pc)]
+        src = self.read(s)
+        if sorted(perm) != list(range(src.ndim)) or perm[0] != 0:
+            raise ProgramError(f"instruction {self.pc} (transpose): perm {perm} is not a permutation keeping axis 0 first")
+        return self._digital(ins, dst, np.ascontiguousarray(src.transpose(perm)), [s])
+
+    def op_pad(self, ins: Instr, fast: bool):
+        s, dst = _need(ins, "src", self.pc), _need(ins, "dst", self.pc)
+        res = D.pad(self.read(s), [int(p) for p in _need(ins, "pads", self.pc)], int(_need(ins, "value", self.pc)))
+        return self._digital(ins, dst, res, [s])
+
+    def op_softmax(self, ins: Instr, fast: bool):
+        n = self.pc
+        s, dst = _need(ins, "src", n), _need(ins, "dst", n)
+        res = D.softmax(self.read(s), int(_need(ins, "axis", n)), float(_need(ins, "in_scale", n)), int(_need(ins, "in_zp", n)),
+                        float(_need(ins, "out_scale", n)), int(_need(ins, "out_zp", n)), DTYPES[self.decl(dst).dtype])
+        return self._digital(ins, dst, res, [s])
+
+    def op_lrn(self, ins: Instr, fast: bool):
+        n = self.pc
+        s, dst = _need(ins, "src", n), _need(ins, "dst", n)
+        res = D.lrn(self.read(s), int(_need(ins, "size", n)), float(_need(ins, "alpha", n)), float(_need(ins, "beta", n)),
+                    float(_need(ins, "bias", n)), float(_need(ins, "in_scale", n)), int(_need(ins, "in_zp", n)),
+                    float(_need(ins, "out_scale", n)), int(_need(ins, "out_zp", n)), DTYPES[self.decl(dst).dtype])
+        return self._digital(ins, dst, res, [s])
+
+    def op_div(self, ins: Instr, fast: bool):
+        n = self.pc
+        a, b, dst = _need(ins, "a", n), _need(ins, "b", n), _need(ins, "dst", n)
+        res = D.div(self.read(a), self.read(b), float(_need(ins, "a_scale", n)), int(_need(ins, "a_zp", n)),
+                    float(_need(ins, "b_scale", n)), int(_need(ins, "b_zp", n)), float(_need(ins, "out_scale", n)),
+                    int(_need(ins, "out_zp", n)), DTYPES[self.decl(dst).dtype])
+        return self._digital(ins, dst, res, [a, b])
+
+
+_DISPATCH = {
+    "im2col": Machine.op_im2col,
+    "mvm": Machine.op_mvm,
+    "shiftadd": Machine.op_shiftadd,
+    "requant": Machine.op_requant,
+    "lut": Machine.op_lut,
+    "add": Machine.op_add,
+    "mul": Machine.op_mul,
+    "rescale": Machine.op_rescale,
+    "maxpool": Machine.op_maxpool,
+    "avgpool": Machine.op_avgpool,
+    "concat": Machine.op_concat,
+    "reshape": Machine.op_reshape,
+    "transpose": Machine.op_transpose,
+    "pad": Machine.op_pad,
+    "softmax": Machine.op_softmax,
+    "lrn": Machine.op_lrn,
+    "div": Machine.op_div,
+    "halt": None,
+}
+
+
+# ------------------------------------------------------------------------------------- inputs
+
+
+def check_inputs(program: Program, inputs: dict[str, np.ndarray], bufs: dict[str, Buffer]) -> int:
+    """Validate the user's arrays against the ``.input`` ports; returns the batch size."""
+    if not isinstance(inputs, dict):
+        raise RunInputError("inputs must be a dict of input name -> array")
+    names = [p.name for p in program.inputs]
+    unknown = sorted(set(inputs) - set(names))
+    if unknown:
+        raise RunInputError(f"unknown input(s) {', '.join(unknown)}; the program's inputs are {', '.join(names)}")
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise RunInputError(f"missing input(s) {', '.join(missing)}; the program's inputs are {', '.join(names)}")
+    batch = None
+    for p in program.inputs:
+        x = inputs[p.name]
+        if not isinstance(x, np.ndarray):
+            raise RunInputError(f"input {p.name!r} must be a NumPy array, got {type(x).__name__}")
+        if x.dtype.kind not in "fiu":
+            raise RunInputError(f"input {p.name!r} has dtype {x.dtype}; expected a numeric array (float32 preferred)")
+        shape = bufs[p.buf].shape
+        want = ["N"] + [str(d) for d in shape[1:]]
+        if x.ndim != len(shape) or list(x.shape[1:]) != list(shape[1:]):
+            hint = " (add a leading batch axis)" if list(x.shape) == list(shape[1:]) else ""
+            raise RunInputError(
+                f"input {p.name!r} has shape {list(x.shape)}; the program expects [{', '.join(want)}] (any batch N){hint}"
+            )
+        if shape[0] != -1 and x.shape[0] != shape[0]:
+            raise RunInputError(f"input {p.name!r} has batch {x.shape[0]}; this program is fixed to batch {shape[0]}")
+        if x.shape[0] == 0:
+            raise RunInputError(f"input {p.name!r} has an empty batch")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise RunInputError(f"input {p.name!r} contains NaN or infinite values")
+        if batch is not None and x.shape[0] != batch:
+            raise RunInputError(f"inputs disagree on the batch size ({batch} vs {x.shape[0]} for {p.name!r})")
+        batch = x.shape[0]
+    if batch is None:
+        raise RunInputError("the program has no inputs")
+    return batch
+
+
+def quantize_input(x: np.ndarray, scale: float, zp: int, dtype: np.dtype) -> np.ndarray:
+    """Host-side quantization of ``.input``: clamp(rne(x / scale) + zp, qmin, qmax) in binary64."""
+    lo, hi = D.type_range(dtype)
+    v = np.rint(np.asarray(x, dtype=np.float64) / float(scale))
+    v = np.clip(v, lo - zp - 1, hi - zp + 1)
+    return np.clip(v.astype(np.int64) + zp, lo, hi).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+def run_program(
+    program: Program,
+    inputs: dict[str, np.ndarray],
+    batch_size: int | None = None,
+    progress: bool = False,
+    fast_path: bool = True,
+):
+    """Run ``program`` on ``inputs`` (name -> [N, ...] arrays); returns (outputs, report).
+
+    Outputs are float32 ``scale·(q − zp)`` in the model's layout. ``batch_size`` bounds how many
+    images are simulated at once (memory), not what the program accepts. ``fast_path=False``
+    forces the bit-level mvm everywhere (results and counters are identical, only slower).
+    """
+    m = Machine(program)
+    B = check_inputs(program, inputs, m.buffers)
+    if batch_size is not None and int(batch_size) < 1:
+        raise RunInputError("batch size must be at least 1")
+    chunk = B if batch_size is None else min(B, int(batch_size))
+    stats = [InstrStats(i, ins.opcode, ins.layer) for i, ins in enumerate(program.instrs)]
+    outs: dict[str, list[np.ndarray]] = {p.name: [] for p in program.outputs}
+    starts = list(range(0, B, chunk))
+    bar = _progress(len(starts)) if progress and len(starts) > 1 else None
+    t0 = time.perf_counter()
+    try:
+        if bar is not None:
+            bar[0].start()
+        for s in starts:
+            feeds = {}
+            for p in program.inputs:
+                dt = DTYPES[m.buffers[p.buf].dtype]
+                feeds[p.buf] = quantize_input(inputs[p.name][s : s + chunk], p.scale, p.zp, dt)
+            m.run_chunk(feeds, stats, fast_path)
+            for p in program.outputs:
+                if p.buf not in m.env:
+                    raise ProgramError(f"output {p.name!r}: buffer {p.buf!r} was never written")
+                q = m.env[p.buf]
+                outs[p.name].append((float(p.scale) * (q.astype(np.float64) - p.zp)).astype(np.float32))
+            if bar is not None:
+                bar[0].advance(bar[1])
+    finally:
+        if bar is not None:
+            bar[0].stop()
+    wall = time.perf_counter() - t0
+    outputs = {k: np.concatenate(v, axis=0) for k, v in outs.items()}
+    report = build_report(program, stats, B, wall, m, fast_path=fast_path)
+    return outputs, report
+
+
+def _progress(total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+    prog = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
+    task = prog.add_task("chunks", total=total)
+    return prog, task

@@ -1,0 +1,257 @@
+"""NumPy implementations of the crossbar instructions (``spec/isa.md`` §3).
+
+Each kernel executes *all* iterations of one instruction at once and returns the events it
+counted (a dict of event name -> int, see ``runtime.cost.EVENTS``). No Python loop runs per
+position, bit or column: loops are per instruction, per crossbar, or per memory block of
+iterations (to bound the size of the bit-plane matrix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.errors import ProgramError
+from runtime.intmath import clamp, mul_rne_shift
+
+#: largest bit-plane matrix (bytes) materialized at once by the bit-level mvm
+PLANE_BLOCK_BYTES = 48 << 20
+
+
+# ------------------------------------------------------------------------------------- im2col
+
+
+def im2col(src: np.ndarray, kernel, stride, pad, dilation, pad_value: int) -> np.ndarray:
+    """[B, C, H, W] -> [B·Ho·Wo, C·kh·kw] (isa.md §3.1), via a strided view of the padded input."""
+    if src.ndim != 4:
+        raise ProgramError(f"im2col: source must be [B, C, H, W], got shape {list(src.shape)}")
+    kh, kw = (int(k) for k in kernel)
+    sh, sw = (int(s) for s in stride)
+    pt, pl, pb, pr = (int(p) for p in pad)
+    dh, dw = (int(d) for d in dilation)
+    B, C, H, W = src.shape
+    Ho = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if Ho <= 0 or Wo <= 0:
+        raise ProgramError(f"im2col: kernel {kh}x{kw} does not fit the padded {H}x{W} input")
+    padded = np.pad(src, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
+    sB, sC, sH, sW = padded.strides
+    view = np.lib.stride_tricks.as_strided(
+        padded,
+        shape=(B, Ho, Wo, C, kh, kw),
+        strides=(sB, sH * sh, sW * sw, sC, sH * dh, sW * dw),
+        writeable=False,
+    )
+    return view.reshape(B * Ho * Wo, C * kh * kw)
+
+
+# ---------------------------------------------------------------------------------------- mvm
+
+
+@dataclass
+class XbarInfo:
+    """A crossbar prepared for execution: used rows only (unused rows contribute 0 to every sum)."""
+
+    id: int
+    rows: int
+    cols: int
+    rows_used: int
+    row_idx: np.ndarray  # [rows_used] input-vector index per used physical row
+    cells: np.ndarray  # [rows_used, cols] int64 cell values of the used rows
+    cell_bits: int
+    adc_bits: int
+    adc_mode: str
+    max_col_sum: int  # max over columns of the sum of the used rows' cells (data-aware bound)
+    lossless_flag: int
+
+    def s_max(self, dac_bits: int) -> int:
+        """The spec's worst-case column sum R·(2^v−1)·(2^c−1) (drives drop-lsb's shift)."""
+        return self.rows * ((1 << dac_bits) - 1) * ((1 << self.cell_bits) - 1)
+
+    def drop_bits(self, dac_bits: int) -> int:
+        m = self.s_max(dac_bits).bit_length()  # ceil(log2(s_max + 1))
+        return max(0, m - self.adc_bits)
+
+    def provably_lossless(self, dac_bits: int) -> bool:
+        """No read of this crossbar can be changed by its ADC, whatever the input."""
+        if self.adc_mode == "drop-lsb":
+            return self.drop_bits(dac_bits) == 0
+        return (1 << self.adc_bits) > ((1 << dac_bits) - 1) * self.max_col_sum
+
+
+def prepare_xbar(xb, image: np.ndarray, table: np.ndarray, cell_bits: int) -> XbarInfo:
+    """Check a crossbar declaration against its constants and keep only the rows in use."""
+    if image.shape != (xb.rows, xb.cols):
+        raise ProgramError(f"crossbar {xb.id}: image {xb.image!r} has shape {list(image.shape)}, declared [{xb.rows}, {xb.cols}]")
+    if table.shape != (xb.rows,):
+        raise ProgramError(f"crossbar {xb.id}: row table {xb.row_table!r} has shape {list(table.shape)}, expected [{xb.rows}]")
+    img = image.astype(np.int64)
+    if img.size and (img.min() < 0 or img.max() > (1 << cell_bits) - 1):
+        raise ProgramError(f"crossbar {xb.id}: cell values must lie in [0, {(1 << cell_bits) - 1}] for {cell_bits}-bit cells")
+    if xb.adc_mode not in ("saturate", "drop-lsb"):
+        raise ProgramError(f"crossbar {xb.id}: unknown ADC mode {xb.adc_mode!r} (saturate or drop-lsb)")
+    if xb.adc_bits < 1:
+        raise ProgramError(f"crossbar {xb.id}: ADC resolution must be at least 1 bit")
+    t = table.astype(np.int64)
+    if t.size and t.min() < -1:
+        raise ProgramError(f"crossbar {xb.id}: row table entries must be >= -1")
+    used = t >= 0
+    cells = img[used]
+    return XbarInfo(
+        id=xb.id,
+        rows=xb.rows,
+        cols=xb.cols,
+        rows_used=int(used.sum()),
+        row_idx=t[used],
+        cells=cells,
+        cell_bits=cell_bits,
+        adc_bits=int(xb.adc_bits),
+        adc_mode=xb.adc_mode,
+        max_col_sum=int(cells.sum(axis=0).max()) if cells.size else 0,
+        lossless_flag=int(xb.lossless),
+    )
+
+
+def _gather(src2d: np.ndarray, xb: XbarInfo, bits: int) -> np.ndarray:
+    """The input vectors seen by the crossbar's used rows: [P, rows_used] codes."""
+    if xb.rows_used and int(xb.row_idx.max()) >= src2d.shape[1]:
+        raise ProgramError(f"crossbar {xb.id}: row table refers to input element {int(xb.row_idx.max())}, but the input vector has {src2d.shape[1]}")
+    x = src2d[:, xb.row_idx]
+    if x.size:
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= (1 << bits):
+            raise ProgramError(f"mvm on crossbar {xb.id}: input codes span [{lo}, {hi}], outside the unsigned {bits}-bit range")
+    return x
+
+
+def _exact_matmul(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
+    """a @ b for non-negative integers, exactly: float32 BLAS below 2^24, float64 below 2^53."""
+    if bound < (1 << 24):
+        return (a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
+    if bound < (1 << 53):
+        return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    return a.astype(np.int64) @ b.astype(np.int64)
+
+
+def _digit_nonzero_table(bits: int, dac_bits: int, steps: int) -> np.ndarray:
+    """For every code value, how many of its ``steps`` DAC digits are non-zero (``dac_ones``)."""
+    v = np.arange(1 << bits, dtype=np.int64)
+    mask = (1 << dac_bits) - 1
+    count = np.zeros_like(v)
+    for k in range(steps):  # per bit-step over the value table, not per position
+        count += ((v >> (k * dac_bits)) & mask) != 0
+    return count
+
+
+def _adc(s: np.ndarray, xb: XbarInfo, dac_bits: int) -> np.ndarray:
+    if xb.adc_mode == "saturate":
+        return np.minimum(s, (1 << xb.adc_bits) - 1)
+    d = xb.drop_bits(dac_bits)
+    return (s >> d) << d if d else s
+
+
+def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, fast: bool):
+    """Column results [P, cols] of one crossbar over P iterations (isa.md §3.2), and its events.
+
+    ``fast``: compute Σ_k 2^(k·v)·s_k as the single exact product x @ X (valid only when no ADC
+    read can clip, checked by the caller), with ``dac_ones`` from a digit-popcount table.
+    Otherwise the bit-level path: digit planes [T·P, R] @ cells [R, C] in one BLAS call per block
+    of iterations, the ADC as array operations, then the shift-and-add over steps.
+    """
+    if order not in ("lsb", "msb"):
+        raise ProgramError(f"mvm on crossbar {xb.id}: order must be lsb or msb, got {order!r}")
+    if bits < 1 or dac_bits < 1:
+        raise ProgramError(f"mvm on crossbar {xb.id}: bits and dac_bits must be positive")
+    P = src2d.shape[0]
+    T = -(-bits // dac_bits)
+    mask = (1 << dac_bits) - 1
+    x = _gather(src2d, xb, bits)
+    plane_bound = mask * xb.max_col_sum  # largest column sum of one read
+    assert plane_bound < (1 << 53)
+    if fast:
+        out = _exact_matmul(x, xb.cells, ((1 << bits) - 1) * xb.max_col_sum)
+        if x.size:
+            hist = np.bincount(x.ravel().astype(np.int64), minlength=1 << bits)
+            dac_ones = int(hist @ _digit_nonzero_table(bits, dac_bits, T))
+        else:
+            dac_ones = 0
+    else:
+        # the float32 BLAS call is exact while a read's column sum stays below 2^24 (isa.md §3.2);
+        # beyond that (very wide DACs and cells) the same call in float64 is exact below 2^53
+        out = np.zeros((P, xb.cols), dtype=np.int64)
+        dac_ones = 0
+        R = max(xb.rows_used, 1)
+        block = max(1, PLANE_BLOCK_BYTES // (T * R * 4))
+        shifts = (np.arange(T, dtype=np.int64) * dac_bits)[:, None, None]
+        weights = (np.int64(1) << (np.arange(T, dtype=np.int64) * dac_bits))[:, None, None]
+        ftype = np.float32 if plane_bound < (1 << 24) else np.float64
+        cells_f = xb.cells.astype(ftype)
+        for p0 in range(0, P, block):
+            xs = x[p0 : p0 + block].astype(np.int64)
+            digits = (xs[None, :, :] >> shifts) & mask  # [T, p, R]; streaming order does not change the sum
+            dac_ones += int(np.count_nonzero(digits))
+            s = (digits.reshape(-1, xb.rows_used).astype(ftype) @ cells_f).astype(np.int64)
+            a = _adc(s, xb, dac_bits).reshape(T, xs.shape[0], xb.cols)
+            out[p0 : p0 + block] = (a * weights).sum(axis=0)
+    steps = P * T
+    events = {
+        "crossbar_reads": steps,
+        "dac_activations": steps * xb.rows_used,
+        "dac_ones": dac_ones,
+        "cell_ops": steps * xb.rows_used * xb.cols,
+        "sample_holds": steps * xb.cols,
+        "adc_conversions": steps * xb.cols,
+        "shift_adds": steps * xb.cols,
+        "buffer_read_bytes": P * xb.rows_used * src2d.dtype.itemsize,
+        "bus_bytes": P * xb.rows_used * src2d.dtype.itemsize,  # tile buffer -> IMA input register
+    }
+    return out, events
+
+
+# ----------------------------------------------------------------------------------- shiftadd
+
+
+def shiftadd(src: np.ndarray, colmap: np.ndarray, n_out: int, dst: np.ndarray | None) -> np.ndarray:
+    """Accumulate column results into outputs (isa.md §3.3): int64, whole-array, exact."""
+    if colmap.ndim != 2 or colmap.shape[1] != 5:
+        raise ProgramError(f"shiftadd: column map must be [Ctot, 5], got {list(colmap.shape)}")
+    if colmap.shape[0] != src.shape[1]:
+        raise ProgramError(f"shiftadd: column map has {colmap.shape[0]} rows but the source has {src.shape[1]} columns")
+    cm = colmap.astype(np.int64)
+    out, shift, sign, flip, unit = cm.T
+    if cm.size:
+        if out.max() >= n_out or out.min() < -2:
+            raise ProgramError(f"shiftadd: column map output index outside [-2, {n_out - 1}]")
+        if shift.min() < 0 or shift.max() > 62:
+            raise ProgramError("shiftadd: column shifts must lie in [0, 62]")
+        if not np.isin(sign, (-1, 1)).all():
+            raise ProgramError("shiftadd: column signs must be +1 or -1")
+        if flip.min() < 0 or ((flip > 0) & ((unit < 0) | (unit >= src.shape[1]))).any():
+            raise ProgramError("shiftadd: a flipped column names no valid unit column")
+    v = src.astype(np.int64, copy=True)
+    flipped = np.nonzero(flip > 0)[0]
+    if flipped.size:
+        v[:, flipped] = flip[flipped] * src[:, unit[flipped]] - src[:, flipped]
+    w = sign * (np.int64(1) << shift)
+    acc = np.zeros((src.shape[0], n_out), dtype=np.int64) if dst is None else dst
+    direct = np.nonzero(out >= 0)[0]
+    if direct.size:
+        order = direct[np.argsort(out[direct], kind="stable")]
+        outs = out[order]
+        starts = np.concatenate(([0], np.nonzero(np.diff(outs))[0] + 1))
+        sums = np.add.reduceat(v[:, order] * w[order], starts, axis=1)
+        acc[:, outs[starts]] += sums
+    broadcast = np.nonzero(out == -1)[0]
+    if broadcast.size:
+        acc += (v[:, broadcast] * w[broadcast]).sum(axis=1, keepdims=True)
+    return acc
+
+
+# ------------------------------------------------------------------------------------ requant
+
+
+def requant(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int) -> np.ndarray:
+    """clamp(rne((src + bias)·mult / 2^shift) + zp, lo, hi) per column n (isa.md §3.4)."""
+    acc = src.astype(np.int64) + np.asarray(bias, dtype=np.int64)
+    return clamp(mul_rne_shift(acc, mult, shift) + zp, lo, hi)

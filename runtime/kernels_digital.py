@@ -1,0 +1,166 @@
+"""NumPy implementations of the digital instructions (``spec/isa.md`` §5, ``quantization.md`` §5–6).
+
+All integer units are exact int64 whole-array code; the float units (softmax, lrn, div) compute in
+IEEE binary64 and quantize with round half to even. Output ranges of the float units are the
+destination buffer type's range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.errors import ProgramError
+from runtime.intmath import clamp, div_rne, mul_rne_shift, rne_float
+
+
+def type_range(dtype: np.dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def lut(src: np.ndarray, table: np.ndarray, axis: int, qmin: int) -> np.ndarray:
+    """dst[i] = table[c, src[i] − qmin], c the index of i on ``axis`` (0 for a one-row table)."""
+    if table.ndim != 2:
+        raise ProgramError(f"lut: table must be [channels, entries], got shape {list(table.shape)}")
+    idx = src.astype(np.int64) - qmin
+    if idx.size and (idx.min() < 0 or idx.max() >= table.shape[1]):
+        raise ProgramError(f"lut: codes span [{int(idx.min()) + qmin}, {int(idx.max()) + qmin}], the table has {table.shape[1]} entries from {qmin}")
+    tab = table.astype(np.int64)
+    if tab.shape[0] == 1:
+        return tab[0][idx]
+    if not -src.ndim <= axis < src.ndim:
+        raise ProgramError(f"lut: axis {axis} outside a {src.ndim}-d source")
+    ax = axis % src.ndim
+    if src.shape[ax] != tab.shape[0]:
+        raise ProgramError(f"lut: table has {tab.shape[0]} rows but axis {axis} of the source has {src.shape[ax]} entries")
+    shape = [1] * src.ndim
+    shape[ax] = -1
+    chan = np.arange(tab.shape[0]).reshape(shape)
+    return tab[np.broadcast_to(chan, src.shape), idx]
+
+
+def add(a, b, ma, mb, shift, za, zb, zp, lo, hi) -> np.ndarray:
+    """clamp(rne((ma·(a−za) + mb·(b−zb)) / 2^shift) + zp, lo, hi), broadcasting."""
+    ta = np.asarray(a, dtype=np.int64) - za
+    tb = np.asarray(b, dtype=np.int64) - zb
+    num = mul_rne_shift(ta, ma, 0) + mul_rne_shift(tb, mb, 0)
+    return clamp(mul_rne_shift(num, 1, shift) + zp, lo, hi)
+
+
+def mul(a, b, m, shift, za, zb, zp, lo, hi) -> np.ndarray:
+    """clamp(rne(m·(a−za)·(b−zb) / 2^shift) + zp, lo, hi), broadcasting."""
+    prod = (np.asarray(a, dtype=np.int64) - za) * (np.asarray(b, dtype=np.int64) - zb)
+    return clamp(mul_rne_shift(prod, m, shift) + zp, lo, hi)
+
+
+def rescale(src, m, shift, zin, zp, lo, hi) -> np.ndarray:
+    """clamp(rne(m·(src−zin) / 2^shift) + zp, lo, hi)."""
+    return clamp(mul_rne_shift(np.asarray(src, dtype=np.int64) - zin, m, shift) + zp, lo, hi)
+
+
+def _windows(x: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
+    """[B, C, Ho, Wo, kh, kw] strided view of an already padded [B, C, Hp, Wp] array."""
+    kh, kw = kernel
+    sh, sw = stride
+    dh, dw = dilation
+    Ho, Wo = out_hw
+    sB, sC, sH, sW = x.strides
+    return np.lib.stride_tricks.as_strided(
+        x,
+        shape=(x.shape[0], x.shape[1], Ho, Wo, kh, kw),
+        strides=(sB, sC, sH * sh, sW * sw, sH * dh, sW * dw),
+        writeable=False,
+    )
+
+
+def _pool_geometry(src, kernel, stride, pad, dilation, out_shape):
+    """Checks the pooling fields; returns the padding that also covers a ceil-mode last window."""
+    if src.ndim != 4:
+        raise ProgramError(f"pooling: source must be [B, C, H, W], got shape {list(src.shape)}")
+    kh, kw = (int(k) for k in kernel)
+    sh, sw = (int(s) for s in stride)
+    dh, dw = (int(d) for d in dilation)
+    pt, pl, pb, pr = (int(p) for p in pad)
+    Ho, Wo = int(out_shape[2]), int(out_shape[3])
+    H, W = src.shape[2], src.shape[3]
+    # extra bottom/right padding so that a ceil-mode output's last window is in range
+    need_h = (Ho - 1) * sh + dh * (kh - 1) + 1
+    need_w = (Wo - 1) * sw + dw * (kw - 1) + 1
+    eb = max(0, need_h - (H + pt + pb))
+    er = max(0, need_w - (W + pl + pr))
+    return (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb + eb, pr + er), (Ho, Wo)
+
+
+def maxpool(src: np.ndarray, kernel, stride, pad, dilation, out_shape) -> np.ndarray:
+    """Max over each window; padding never wins (it is the type's minimum)."""
+    k, s, d, (pt, pl, pb, pr), ohw = _pool_geometry(src, kernel, stride, pad, dilation, out_shape)
+    lo, _ = type_range(src.dtype)
+    x = np.pad(src, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=lo)
+    return _windows(x, k, s, d, ohw).max(axis=(4, 5))
+
+
+def avgpool(src, kernel, stride, pad, count_include_pad, zin, m, shift, zp, lo, hi, out_shape) -> np.ndarray:
+    """clamp(rne_div(m·Σ(x−zin), count·2^shift) + zp, lo, hi); padding adds x − zin = 0."""
+    k, s, d, (pt, pl, pb, pr), ohw = _pool_geometry(src, kernel, stride, pad, [1, 1], out_shape)
+    pt0, pl0, pb0, pr0 = (int(p) for p in pad)
+    x = np.pad(src.astype(np.int64) - zin, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=0)
+    total = _windows(x, k, s, d, ohw).sum(axis=(4, 5))
+    H, W = src.shape[2], src.shape[3]
+    if count_include_pad:
+        # the declared padding counts; the extra ceil-mode padding beyond it does not (as ONNX)
+        inside = np.zeros((1, 1, H + pt + pb, W + pl + pr), dtype=np.int64)
+        inside[:, :, : pt0 + H + pb0, : pl0 + W + pr0] = 1
+    else:
+        inside = np.zeros((1, 1, H + pt + pb, W + pl + pr), dtype=np.int64)
+        inside[:, :, pt : pt + H, pl : pl + W] = 1
+    count = _windows(inside, k, s, d, ohw).sum(axis=(4, 5))
+    count = np.maximum(count, 1)
+    if shift < 0 or shift > 62:
+        raise ProgramError("avgpool: shift must lie in [0, 62]")
+    return clamp(div_rne(total, m, count * (np.int64(1) << np.int64(shift))) + zp, lo, hi)
+
+
+def pad(src: np.ndarray, pads, value: int) -> np.ndarray:
+    n = src.ndim
+    if len(pads) != 2 * n:
+        raise ProgramError(f"pad: {len(pads)} pads for a {n}-d source (need {2 * n})")
+    if min(pads) < 0:
+        raise ProgramError("pad: negative pads are not supported")
+    return np.pad(src, [(int(pads[i]), int(pads[i + n])) for i in range(n)], constant_values=value)
+
+
+def _quantize(y: np.ndarray, scale: float, zp: int, dtype: np.dtype) -> np.ndarray:
+    lo, hi = type_range(dtype)
+    v = np.asarray(y, dtype=np.float64) / float(scale)
+    v = np.where(np.isnan(v), 0.0, v)
+    v = np.clip(v, -(2.0**62), 2.0**62)
+    return clamp(rne_float(v).astype(np.int64) + zp, lo, hi)
+
+
+def _deq(q, scale: float, zp: int) -> np.ndarray:
+    return float(scale) * (np.asarray(q, dtype=np.int64) - zp).astype(np.float64)
+
+
+def softmax(src, axis, in_scale, in_zp, out_scale, out_zp, dtype) -> np.ndarray:
+    x = _deq(src, in_scale, in_zp)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return _quantize(e / e.sum(axis=axis, keepdims=True), out_scale, out_zp, dtype)
+
+
+def lrn(src, size, alpha, beta, bias, in_scale, in_zp, out_scale, out_zp, dtype) -> np.ndarray:
+    """ONNX LRN across channels (axis 1): x / (bias + alpha/size · Σ x²)^beta over the window."""
+    x = _deq(src, in_scale, in_zp)
+    C = x.shape[1]
+    lo_pad = (size - 1) // 2
+    hi_pad = size - 1 - lo_pad
+    sq = np.pad(x * x, [(0, 0), (lo_pad, hi_pad)] + [(0, 0)] * (x.ndim - 2))
+    csum = np.concatenate([np.zeros_like(sq[:, :1]), np.cumsum(sq, axis=1)], axis=1)
+    window = csum[:, size : size + C] - csum[:, :C]
+    y = x / (bias + alpha / size * window) ** beta
+    return _quantize(y, out_scale, out_zp, dtype)
+
+
+def div(a, b, a_scale, a_zp, b_scale, b_zp, out_scale, out_zp, dtype) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = _deq(a, a_scale, a_zp) / _deq(b, b_scale, b_zp)
+    return _quantize(y, out_scale, out_zp, dtype)
