@@ -397,7 +397,92 @@ class Lowering:
     # ----------------------------------------------------------------------- matrix layers
 
     def matrix_layer(self, op: Operation, label: str) -> None:
-        raise NotImplementedError("xbar.layer lowering lands with the xbar dialect")
+        """im2col (conv), one mvm per crossbar, shiftadd over the layer's column map, requant."""
+        from pimc.dialects import xbar
+
+        assert isinstance(op, xbar.LayerOp)
+        xbars = op.crossbars()
+        if not xbars or op.columns is None or op.dac_bits is None:
+            raise ModelError(
+                f"convert-xbar-to-isa: layer {label} is not mapped to crossbars yet; run xbar-bit-slice "
+                "and xbar-tile (and xbar-place) before convert-xbar-to-isa"
+            )
+        in_t, out_t = _qt(op.input, op), _qt(op.output, op)
+        k, n = op.k, op.n
+        src = self.operand(op.input, op)
+        if op.kind.data == "conv":
+            cols = self.buffer(f"{label}.cols", storage_dtype(in_t), [-1, k])
+            self.emit(
+                isa.Im2colOp,
+                dst=cols,
+                src=src,
+                kernel=nn.ints(op.kernel),
+                stride=nn.ints(op.strides),
+                pad=nn.ints(op.pads),
+                dilation=nn.ints(op.dilations),
+                pad_value=op.int_prop("zp_in"),
+            )
+            mvm_src = cols
+        else:
+            mvm_src = src
+        columns = int(op.columns)
+        colres = self.buffer(f"{label}.colres", "i64", [-1, columns])
+        colmap = np.empty((columns, 5), dtype=np.int64)
+        colmap[:] = (xbar.OUT_NONE, 0, 1, 0, 0)  # columns no crossbar covers: unused
+        bits, dac_bits, order = in_t.bits.data, op.int_prop("dac_bits"), op.order.data  # type: ignore[union-attr]
+        for j, x in enumerate(xbars):
+            rows, width = x.shape
+            col0 = int(x.col0.value.data)
+            colmap[col0 : col0 + width] = x.colmap_array()
+            xid = self.xbar_count
+            self.xbar_count += 1
+            image = self.const(f"{label}.xb{j}.image", x.image_array())
+            table = self.const(f"{label}.xb{j}.rows", x.row_table_array().astype(np.int32))
+            self.decls.append(
+                isa.XbarDirective.build(
+                    id=xid,
+                    image=image,
+                    rows=rows,
+                    cols=width,
+                    row_table=table,
+                    adc_bits=int(x.adc_bits.value.data),
+                    adc_mode=x.adc_mode.data,
+                    chip=_opt_int(x.chip),
+                    tile=_opt_int(x.tile),
+                    ima=_opt_int(x.ima),
+                    lossless=int(x.lossless.value.data),
+                )
+            )
+            self.emit(isa.MvmOp, xbar=xid, src=mvm_src, dst=colres, col0=col0, bits=bits, dac_bits=dac_bits, order=order)
+        acc = self.buffer(f"{label}.acc", "i64", [-1, n])
+        groups = int(op.groups.value.data)
+        self.emit(
+            isa.ShiftaddOp,
+            dst=acc,
+            src=colres,
+            colmap=self.const(f"{label}.colmap", colmap),
+            macs=k * n // groups,
+            init=1,
+        )
+        out_shape = shape_of(op.output)
+        lo, hi = nn.ints(op.clamp)
+        self.emit(
+            isa.RequantOp,
+            dst=self.value_buffer(op.output, label),
+            src=acc,
+            bias=self.const(f"{label}.bias", numpy_from_dense(op.bias).astype(np.int64)),
+            mult=self.const(f"{label}.mult", numpy_from_dense(op.requant_multiplier).astype(np.int64)),
+            shift=self.const(f"{label}.shift", numpy_from_dense(op.requant_shift).astype(np.int64)),
+            zp=op.int_prop("zp_out"),
+            lo=lo,
+            hi=hi,
+            layout="nchw" if op.kind.data == "conv" else "flat",
+            out_hw=list(out_shape[2:]) if op.kind.data == "conv" else [],
+        )
+
+
+def _opt_int(attr) -> int:
+    return 0 if attr is None else int(attr.value.data)
 
 
 #: digital nn op -> Lowering method
