@@ -443,7 +443,7 @@ def assemble(text: str, source: str = "<text>") -> Program:
         raise ProgramError(f"{source}:{e.line}:{e.column}: unexpected character {text[e.pos_in_stream]!r}{_expected(e)}") from None
     except lark.exceptions.UnexpectedToken as e:
         got = "end of text" if e.token.type == "$END" else repr(str(e.token))
-        line, col = (e.line, e.column) if e.line != -1 else _end(text)
+        line, col = _end(text) if e.token.type == "$END" or e.line == -1 else (e.line, e.column)
         raise ProgramError(f"{source}:{line}:{col}: unexpected {got}{_expected(e)}") from None
     except lark.exceptions.UnexpectedEOF as e:
         line, col = _end(text)
@@ -490,5 +490,6 @@ def _literal(term: str) -> str:
 
 
 def _end(text: str) -> tuple[int, int]:
-    lines = text.split("\n")
+    """Line and column just after the last non-blank character."""
+    lines = text.rstrip().split("\n")
     return len(lines), len(lines[-1]) + 1
