@@ -63,6 +63,25 @@ def _names(attrs: ArrayAttr | None, n: int, prefix: str) -> list[str]:
     return names
 
 
+def check_inputs(fn: func.FuncOp, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs by name, checked against the func's argument shapes (batch free)."""
+    names = arg_names(fn)
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise InputError(f"missing input(s) {', '.join(missing)}; the model's inputs are {', '.join(names)}")
+    out = {}
+    for name, arg in zip(names, fn.body.block.args):
+        a = np.asarray(inputs[name])
+        want = nn.shape_of(arg)
+        if a.ndim != len(want) or any(w >= 0 and w != d for w, d in zip(want[1:], a.shape[1:])):
+            shown = "x".join("?" if d < 0 else str(d) for d in want)
+            raise InputError(f"input {name!r} has shape {list(a.shape)}, the model expects {shown} (batch first)")
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+            raise InputError(f"input {name!r} has dtype {a.dtype}; give numbers (float32)")
+        out[name] = a
+    return out
+
+
 class _Tracker:
     """Running range of one tensor over the calibration batches."""
 
@@ -126,12 +145,10 @@ def annotate_ranges(
 
     seen = 0
     for batch in batches:
-        missing = [n for n in names if n not in batch]
-        if missing:
-            raise InputError(
-                f"calibration data lacks input(s) {', '.join(missing)}; the model's inputs are "
-                f"{', '.join(names)} (give an .npz keyed by input name for several inputs)"
-            )
+        try:
+            batch = check_inputs(fn, batch)
+        except InputError as err:
+            raise InputError(f"calibration data: {err}") from None
         for tracker, name in zip(arg_trackers, names):
             tracker.add(np.asarray(batch[name]), method, percentile)
         run_float(module, {n: batch[n] for n in names}, observe=observe)

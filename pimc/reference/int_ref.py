@@ -20,7 +20,7 @@ from pimc.dialects import nn
 from pimc.dialects.nn import QuantType, numpy_from_dense
 from pimc.errors import InputError, ModelError
 from pimc.quant import intmath
-from pimc.quant.calibrate import arg_names, main_func, result_names
+from pimc.quant.calibrate import arg_names, check_inputs, main_func, result_names
 
 EXACT_F64 = 1 << 53
 CHUNK_ELEMENTS = 1 << 23  # im2col rows are built in chunks of about this many elements
@@ -36,25 +36,6 @@ def _qt(value: SSAValue) -> QuantType:
 def _params(value: SSAValue) -> tuple[float, int, int, int]:
     t = _qt(value)
     return t.scale.data, t.zero_point.data, t.qmin, t.qmax
-
-
-def check_inputs(fn: func.FuncOp, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The inputs by name, checked against the func's argument shapes (batch free)."""
-    names = arg_names(fn)
-    missing = [n for n in names if n not in inputs]
-    if missing:
-        raise InputError(f"missing input(s) {', '.join(missing)}; the model's inputs are {', '.join(names)}")
-    out = {}
-    for name, arg in zip(names, fn.body.block.args):
-        a = np.asarray(inputs[name])
-        want = nn.shape_of(arg)
-        if a.ndim != len(want) or any(w >= 0 and w != d for w, d in zip(want[1:], a.shape[1:])):
-            shown = "x".join("?" if d < 0 else str(d) for d in want)
-            raise InputError(f"input {name!r} has shape {list(a.shape)}, the model expects {shown} (batch first)")
-        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-            raise InputError(f"input {name!r} has dtype {a.dtype}; give numbers (float32)")
-        out[name] = a
-    return out
 
 
 def run_int_codes(module_q: ModuleOp, inputs: Mapping[str, np.ndarray]) -> dict[SSAValue | str, np.ndarray]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import Float32Type, Float64Type, ModuleOp, StringAttr, TensorType, f32
+from xdsl.dialects.builtin import DictionaryAttr, Float32Type, Float64Type, ModuleOp, StringAttr, TensorType, f32
 from xdsl.ir import Attribute, Operation, SSAValue
 from xdsl.passes import ModulePass
 
@@ -23,6 +23,7 @@ from pimc.quant import intmath
 from pimc.quant.calibrate import RANGE_ATTR, get_range, main_func
 
 DEFAULT_BITS = 8
+SOURCE_PROPS = "pimc.source_props"
 
 # elementwise activations that become an nn.lut
 LUT_OPS = (nn.ReluOp, nn.ClipOp, nn.LeakyReluOp, nn.PReluOp, nn.SigmoidOp, nn.HardSigmoidOp, nn.HardSwishOp)
@@ -207,6 +208,7 @@ class _Quantizer:
                 continue
             if op.results and _is_float(op.results[0]) or isinstance(op, nn.ConstantOp):
                 if all(not r.uses for r in op.results):
+                    op.detach()
                     op.erase()
 
     # ---------------------------------------------------------------------------- per op
@@ -361,6 +363,9 @@ class _Quantizer:
             self.qtensor(shape_of(op.results[0]), yt),
             properties={"table": dense_from_numpy(table), "source": StringAttr(op.name)},
         )
+        # the source op's parameters (alpha, slope, ...) ride along so that the QDQ export can
+        # emit the float operator the table was built from
+        new.attributes[SOURCE_PROPS] = DictionaryAttr(dict(op.properties))
         return self._add(new, op)
 
     # ------------------------------------------------------------------------------- div
