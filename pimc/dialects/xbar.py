@@ -108,7 +108,7 @@ from xdsl.irdl import (
     result_def,
     traits_def,
 )
-from xdsl.traits import HasParent, NoTerminator
+from xdsl.traits import NoTerminator
 from xdsl.utils.exceptions import VerifyException
 
 from pimc.dialects.nn import QuantType, element_of, ints, numpy_from_dense, shape_of
@@ -199,8 +199,6 @@ class CrossbarOp(IRDLOperation):
     tile = opt_prop_def(IntegerAttr)
     ima = opt_prop_def(IntegerAttr)
 
-    traits = traits_def(HasParent(lambda: LayerOp))
-
     def __init__(
         self,
         image: DenseIntOrFPElementsAttr,
@@ -265,6 +263,8 @@ class CrossbarOp(IRDLOperation):
             if a is not None and _int(a) < 0:
                 raise VerifyException(f"xbar.crossbar: {f} must be >= 0")
         layer = self.parent_op()
+        if layer is not None and not isinstance(layer, LayerOp):
+            raise VerifyException(f"xbar.crossbar: must be inside an xbar.layer, not {layer.name}")
         if isinstance(layer, LayerOp):
             if np.any(rt >= layer.k):
                 raise VerifyException(f"xbar.crossbar: row_table entry >= K = {layer.k}")
