@@ -83,7 +83,8 @@ def _qt(value: SSAValue, what: Operation) -> QuantType:
     t = nn.element_of(value)
     if not isinstance(t, QuantType):
         raise ModelError(
-            f"convert-xbar-to-isa: {what.name} works on float values; quantize the network first (nn-quantize)"
+            f"convert-xbar-to-isa: {what.name} computes in float; quantize the network first "
+            "(pimc compile --calibration CAL.npy, or the nn-quantize pass)"
         )
     return t
 
@@ -172,6 +173,8 @@ class Lowering:
                     )
                 continue
             label = op_label(op, index)
+            for r in op.results:
+                _qt(r, op)  # a float value: the network is not quantized
             lower = self._lowering_of(op)
             self.layer(self.layer_names.fresh(label))
             lower(op, label)
