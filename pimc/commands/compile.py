@@ -13,7 +13,6 @@ from typing import Any
 
 from runtime.errors import UserError
 
-from pimc.errors import InputError
 
 
 def _print_ir(module, output_path: str | None) -> None:
@@ -42,38 +41,16 @@ def resolve_config(config: str, quant: dict[str, Any]) -> dict:
     return cfg
 
 
-def is_float_model(module) -> bool:
-    """True when any op still computes in float (needs calibration before quantization)."""
-    from xdsl.dialects.builtin import TensorType
-
-    from pimc.dialects import nn
-
-    for op in module.walk():
-        if op.name.startswith("nn.") and not isinstance(op, (nn.QuantizeOp, nn.ConstantOp)):
-            for r in op.results:
-                if isinstance(r.type, TensorType) and not isinstance(r.type.element_type, nn.QuantType):
-                    if not isinstance(op, nn.DequantizeOp):
-                        return True
-    return False
-
-
-def quantize(module, cfg: dict, quant: dict[str, Any], model_path: str) -> None:
-    """Calibrates a float model on the user's data and quantizes it (in place)."""
+def quantize(module, cfg: dict, quant: dict[str, Any]) -> None:
+    """Calibrates a float model on the user's data (``--calibration``) and quantizes it in place;
+    a float model without calibration data is an error that says how to give it."""
     from pimc.quant import quantize_module
 
-    if not is_float_model(module):
-        quantize_module(module, None, cfg)
-        return
-    cal = quant.get("calibration")
-    if not cal:
-        raise InputError(
-            f"{model_path} is a float model: pimc needs calibration inputs to choose activation ranges. "
-            "Give a batch of typical inputs with --calibration CAL.npy (an array in the model's input "
-            "layout, batch first) or --calibration CAL.npz (one array per input name)"
-        )
-    from pimc.frontend.inputs import load_inputs
+    calib = None
+    if quant.get("calibration"):
+        from pimc.frontend.inputs import load_inputs
 
-    calib = load_inputs(cal, module)
+        calib = load_inputs(quant["calibration"], module)
     quantize_module(
         module,
         calib,
@@ -84,37 +61,35 @@ def quantize(module, cfg: dict, quant: dict[str, Any], model_path: str) -> None:
 
 
 def print_stats(module) -> None:
-    """Crossbars, cells used and utilization per layer (``mapping_stats``) as a table."""
+    """Crossbars, cells used and utilization per layer (``mapping_stats``) as a table, then the
+    totals that have no column (chips, traffic between chips)."""
     from rich.console import Console
     from rich.table import Table
 
     from pimc.transforms.mapping_stats import mapping_stats
 
-    stats = mapping_stats(module)
-    rows = stats.get("layers", []) if isinstance(stats, dict) else list(stats)
+    rows = mapping_stats(module)
+    layers = [r for r in rows if r.get("name") != "total"]
+    total = next((r for r in rows if r.get("name") == "total"), None)
+    keys = list((layers or rows)[0].keys()) if rows else []
     table = Table(title="crossbar mapping")
-    if rows:
-        keys = list(rows[0].keys())
-        for k in keys:
-            table.add_column(str(k), justify="left" if k in ("name", "layer", "kind") else "right")
-        for r in rows:
-            table.add_row(*[_fmt(r.get(k)) for k in keys])
-        if isinstance(stats, dict):
-            total = {k: v for k, v in stats.items() if k != "layers" and not isinstance(v, (list, dict))}
-            if total:
-                table.add_section()
-                table.add_row(*[_fmt(total.get(k, "total" if i == 0 else "")) for i, k in enumerate(keys)])
-    Console(file=sys.stdout, width=160).print(table)
-    if isinstance(stats, dict):
-        extra = {k: v for k, v in stats.items() if k != "layers" and not isinstance(v, (list, dict))}
-        missing = {k: v for k, v in extra.items() if not rows or k not in rows[0]}
-        for k, v in missing.items():
-            print(f"{k}: {_fmt(v)}")
+    for k in keys:
+        table.add_column(k.replace("_", " "), justify="left" if k in ("name", "kind") else "right")
+    for r in layers:
+        table.add_row(*[_fmt(r.get(k)) for k in keys])
+    if total is not None:
+        table.add_section()
+        table.add_row(*[_fmt(total.get(k)) for k in keys])
+    console = Console(file=sys.stdout, width=160)
+    console.print(table)
+    for k, v in (total or {}).items():
+        if k not in keys:
+            console.print(f"{k.replace('_', ' ')}: {_fmt(v) if v is not None else 'n/a (run xbar-place)'}")
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.1%}" if 0.0 <= v <= 1.0 else f"{v:.4g}"
+    if isinstance(v, float):  # the only float column is utilization
+        return f"{v:.1%}"
     return "" if v is None else str(v)
 
 
@@ -156,7 +131,7 @@ def main(
     if emit == "nn":
         return _print_ir(module, output_path)
 
-    quantize(module, cfg, quant, model)
+    quantize(module, cfg, quant)
     if emit == "quant":
         return _print_ir(module, output_path)
 
