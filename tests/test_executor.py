@@ -1,0 +1,321 @@
+"""The executor on hand-built programs: exact dense layers, fast path == bit-level path, narrow ADCs
+computed by hand, input and program errors.
+
+``dense_program`` is a small independent mapper (offset scheme with a unit column, optional
+flipped columns, bit slices, row and column tiles): it lets these tests run without the compiler
+and checks the runtime against plain integer arithmetic.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runtime import hwconfig
+from runtime.errors import ProgramError, RunInputError
+from runtime.executor import run_program
+from runtime.model import Buffer, Const, Instr, Port, Program, Xbar
+
+
+def config(**over) -> dict:
+    raw: dict = {}
+    for key, v in over.items():
+        sec, k = key.split("__")
+        raw.setdefault(sec, {})[k] = v
+    return hwconfig.validate(raw, "test")
+
+
+def dense_program(
+    W: np.ndarray,
+    *,
+    weight_bits: int = 8,
+    act_bits: int = 8,
+    cell_bits: int = 2,
+    dac_bits: int = 1,
+    rows: int = 128,
+    cols: int = 128,
+    adc_bits: int = 16,
+    adc_mode: str = "saturate",
+    order: str = "lsb",
+    flip_cols: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    mult: np.ndarray | None = None,
+    shift: np.ndarray | None = None,
+    zp: int = 0,
+    lossless: int | None = None,
+    tiles_per_xbar: int = 1,
+) -> Program:
+    """y = clamp(rne((x @ W + bias)·mult / 2^shift) + zp, 0, 2^act_bits−1) for x of act_bits codes."""
+    K, N = W.shape
+    off = 1 << (weight_bits - 1)
+    stored = (W.astype(np.int64) + off)  # offset scheme: unsigned
+    S = -(-weight_bits // cell_bits)
+    cmask = (1 << cell_bits) - 1
+    # logical columns: (n, j) for each output and slice, then the unit column
+    logical = [((stored[:, n] >> (j * cell_bits)) & cmask, (n, j * cell_bits)) for n in range(N) for j in range(S)]
+    flips = np.zeros(len(logical), dtype=bool) if flip_cols is None else np.resize(flip_cols, len(logical)).astype(bool)
+    # the runtime reads only the crossbar geometry and cell width from the config (not precision)
+    cfg = config(crossbar__rows=rows, crossbar__cols=cols, crossbar__cell_bits=cell_bits, crossbar__dac_bits=dac_bits)
+    n_ct = -(-len(logical) // (cols - 1))  # cols - 1 logical columns + a unit column per column tile
+    per_ct = -(-len(logical) // n_ct)
+    n_rt = -(-K // rows)
+    p = Program(config=cfg)
+    p.inputs.append(Port("x", "x", 1.0, 0))
+    p.outputs.append(Port("y", "y", 1.0, 0))
+    ctot = n_rt * n_ct * cols
+    p.buffers += [Buffer("x", "u8" if act_bits <= 8 else "u16", [-1, K]), Buffer("cols", "i64", [-1, ctot]),
+                  Buffer("acc", "i64", [-1, N]), Buffer("y", "u8" if act_bits <= 8 else "u16", [-1, N])]
+    colmap = np.tile(np.array([-2, 0, 1, 0, 0], dtype=np.int64), (ctot, 1))
+    xid = 0
+    instrs = []
+    for rt in range(n_rt):
+        r0, r1 = rt * rows, min(K, (rt + 1) * rows)
+        table = np.full(rows, -1, dtype=np.int32)
+        table[: r1 - r0] = np.arange(r0, r1)
+        p.consts.append(Const(f"rt{rt}", table))
+        for ct in range(n_ct):
+            img = np.zeros((rows, cols), dtype=np.uint8)
+            base = xid * cols
+            unit_c = cols - 1
+            img[: r1 - r0, unit_c] = 1
+            # the unit column: −off · Σx for every output, once per row tile (the unit columns of
+            # the other column tiles only serve their flipped columns)
+            colmap[base + unit_c] = [-1, weight_bits - 1, -1, 0, 0] if ct == 0 else [-2, 0, 1, 0, 0]
+            for c, li in enumerate(range(ct * per_ct, min(len(logical), (ct + 1) * per_ct))):
+                cells, (n, sh) = logical[li]
+                if flips[li]:
+                    img[: r1 - r0, c] = cmask - cells[r0:r1]
+                    colmap[base + c] = [n, sh, 1, cmask, base + unit_c]
+                else:
+                    img[: r1 - r0, c] = cells[r0:r1]
+                    colmap[base + c] = [n, sh, 1, 0, 0]
+            p.consts.append(Const(f"img{xid}", img))
+            A = adc_bits
+            ll = lossless if lossless is not None else int(adc_mode == "saturate" and (1 << A) > ((1 << dac_bits) - 1) * int(img.astype(np.int64).sum(0).max()))
+            p.xbars.append(Xbar(xid, f"img{xid}", rows, cols, f"rt{rt}", A, adc_mode, chip=0, tile=xid // 96, ima=xid // 8, lossless=ll))
+            instrs.append(Instr("mvm", dict(xbar=xid, src="x", dst="cols", col0=base, bits=act_bits, dac_bits=dac_bits, order=order), "fc"))
+            xid += 1
+    p.consts += [
+        Const("cm", colmap),
+        Const("bias", (np.zeros(N) if bias is None else bias).astype(np.int64)),
+        Const("mult", (np.ones(N) if mult is None else mult).astype(np.int64)),
+        Const("shift", (np.zeros(N) if shift is None else shift).astype(np.int64)),
+    ]
+    instrs.append(Instr("shiftadd", dict(dst="acc", src="cols", colmap="cm", macs=K * N, init=1), "fc"))
+    instrs.append(Instr("requant", dict(dst="y", src="acc", bias="bias", mult="mult", shift="shift", zp=zp, lo=0,
+                                        hi=(1 << act_bits) - 1, layout="flat", out_hw=[]), "fc"))
+    instrs.append(Instr("halt", {}, ""))
+    p.instrs = instrs
+    return p
+
+
+def rne_ref(num: int, den: int) -> int:
+    """Round half to even of num/den with Python integers (independent of runtime.intmath)."""
+    return round(Fraction(num, den))  # Python's round of a Fraction is half-to-even
+
+
+def dense_ref(x, W, bias, mult, shift, zp, act_bits):
+    acc = x.astype(object) @ W.astype(object)
+    out = np.empty(acc.shape, dtype=np.int64)
+    for p in range(acc.shape[0]):
+        for n in range(acc.shape[1]):
+            v = rne_ref((int(acc[p, n]) + int(bias[n])) * int(mult[n]), 1 << int(shift[n])) + zp
+            out[p, n] = min(max(v, 0), (1 << act_bits) - 1)
+    return out
+
+
+# ------------------------------------------------------------------------------ exactness
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    K=st.integers(1, 300),
+    N=st.integers(1, 9),
+    P=st.integers(1, 5),
+    wb=st.sampled_from([4, 6, 8]),
+    ab=st.sampled_from([4, 8]),
+    cell=st.integers(1, 4),
+    dac=st.integers(1, 4),
+    rows=st.sampled_from([16, 64, 128]),
+    cols=st.sampled_from([8, 32, 128]),
+    order=st.sampled_from(["lsb", "msb"]),
+    flip=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_dense_exact_and_fast_equals_bit_level(K, N, P, wb, ab, cell, dac, rows, cols, order, flip, seed):
+    rng = np.random.default_rng(seed)
+    qw = (1 << (wb - 1)) - 1
+    W = rng.integers(-qw, qw + 1, size=(K, N))
+    x = rng.integers(0, 1 << ab, size=(P, K))
+    bias = rng.integers(-5000, 5000, size=N)
+    mult = rng.integers(1 << 20, 1 << 21, size=N)
+    shift = rng.integers(18, 30, size=N)
+    zp = int(rng.integers(0, 1 << ab))
+    prog = dense_program(W, weight_bits=wb, act_bits=ab, cell_bits=cell, dac_bits=dac, rows=rows, cols=cols, order=order,
+                         flip_cols=rng.random(N * 8) < 0.5 if flip else None, bias=bias, mult=mult, shift=shift, zp=zp)
+    out_fast, rep_fast = run_program(prog, {"x": x.astype(np.float32)})
+    out_bit, rep_bit = run_program(prog, {"x": x.astype(np.float32)}, fast_path=False)
+    want = dense_ref(x, W, bias, mult, shift, zp, ab)
+    np.testing.assert_array_equal(out_fast["y"], (want - 0).astype(np.float32))
+    np.testing.assert_array_equal(out_bit["y"], out_fast["y"])
+    assert rep_fast["run"]["counters"] == rep_bit["run"]["counters"]
+    assert rep_fast["run"]["adc_conversions_by_bits"] == rep_bit["run"]["adc_conversions_by_bits"]
+    assert rep_fast["layers"][0]["path"] == "fast" and rep_bit["layers"][0]["path"] == "bit-level"
+    assert rep_fast["run"]["counters"]["macs"] == P * K * N
+
+
+def test_batch_chunks_do_not_change_results_or_counters():
+    rng = np.random.default_rng(3)
+    W = rng.integers(-127, 128, size=(200, 7))
+    x = rng.integers(0, 256, size=(13, 200)).astype(np.float32)
+    prog = dense_program(W, rows=64, cols=32, shift=np.full(7, 8))
+    a, ra = run_program(prog, {"x": x})
+    b, rb = run_program(prog, {"x": x}, batch_size=4)
+    np.testing.assert_array_equal(a["y"], b["y"])
+    assert ra["run"]["counters"] == rb["run"]["counters"]
+    assert ra["batch"] == rb["batch"] == 13
+
+
+# --------------------------------------------------------------------------- narrow ADC
+
+
+def _one_column_program(cells, adc_bits, mode, bits=2, dac_bits=1, cell_bits=2):
+    """One crossbar of len(cells) rows and a single column; y = the raw column result."""
+    R = len(cells)
+    cfg = config(crossbar__rows=R, crossbar__cols=1, crossbar__cell_bits=cell_bits, crossbar__dac_bits=dac_bits)
+    p = Program(config=cfg)
+    p.inputs.append(Port("x", "x", 1.0, 0))
+    p.outputs.append(Port("y", "y", 1.0, 0))
+    p.buffers += [Buffer("x", "u8", [-1, R]), Buffer("cols", "i64", [-1, 1]), Buffer("acc", "i64", [-1, 1]), Buffer("y", "u16", [-1, 1])]
+    p.consts += [
+        Const("img", np.array(cells, dtype=np.uint8).reshape(R, 1)),
+        Const("rt", np.arange(R, dtype=np.int32)),
+        Const("cm", np.array([[0, 0, 1, 0, 0]], dtype=np.int64)),
+        Const("z", np.zeros(1, np.int64)),
+        Const("one", np.ones(1, np.int64)),
+    ]
+    p.xbars.append(Xbar(0, "img", R, 1, "rt", adc_bits, mode, lossless=0))
+    p.instrs = [
+        Instr("mvm", dict(xbar=0, src="x", dst="cols", col0=0, bits=bits, dac_bits=dac_bits, order="lsb"), "l"),
+        Instr("shiftadd", dict(dst="acc", src="cols", colmap="cm", macs=R, init=1), "l"),
+        Instr("requant", dict(dst="y", src="acc", bias="z", mult="one", shift="z", zp=0, lo=0, hi=65535, layout="flat", out_hw=[]), "l"),
+        Instr("halt", {}, ""),
+    ]
+    return p
+
+
+def test_narrow_adc_saturates_as_computed_by_hand():
+    # 4 rows of cells 3; inputs x = [3, 3, 3, 3] (2 bits, 1-bit DAC): each of the 2 steps sums
+    # 4·1·3 = 12. A 3-bit ADC saturates each read at 7: 7·1 + 7·2 = 21 (exact: 36).
+    # x = [1, 2, 3, 0]: step 0 digits [1,0,1,0] -> 6, step 1 digits [0,1,1,0] -> 6: 6 + 2·6 = 18, no clipping.
+    # x = [3, 3, 3, 1]: step 0 -> 12 -> 7, step 1 digits [1,1,1,0] -> 9 -> 7: 7 + 14 = 21 (exact 30).
+    prog = _one_column_program([3, 3, 3, 3], adc_bits=3, mode="saturate")
+    x = np.array([[3, 3, 3, 3], [1, 2, 3, 0], [3, 3, 3, 1]], dtype=np.float32)
+    out, rep = run_program(prog, {"x": x})
+    assert out["y"].ravel().tolist() == [21.0, 18.0, 21.0]
+    wide = _one_column_program([3, 3, 3, 3], adc_bits=4, mode="saturate")
+    assert run_program(wide, {"x": x})[0]["y"].ravel().tolist() == [36.0, 18.0, 30.0]
+    assert rep["layers"][0]["path"] == "bit-level"  # not provably lossless: the fast path must not run
+    assert rep["adc_conversions_by_bits"] == {"3": 2.0}
+
+
+def test_narrow_adc_drop_lsb_as_computed_by_hand():
+    # s_max = 4·1·3 = 12 needs m = 4 bits; a 3-bit ADC drops D = 1 LSB: s -> (s >> 1) << 1.
+    # x = [3,3,3,3]: 12, 12 -> 12 + 24 = 36 (even sums survive). x = [3,3,3,1] with cells [3,3,3,3]:
+    # step 0 sums 12 -> 12; step 1 digits [1,1,1,0] -> 9 -> 8: 12 + 16 = 28 (exact 30).
+    # x = [1,0,0,0]: step 0 -> 3 -> 2; step 1 -> 0: 2 (exact 3).
+    prog = _one_column_program([3, 3, 3, 3], adc_bits=3, mode="drop-lsb")
+    x = np.array([[3, 3, 3, 3], [3, 3, 3, 1], [1, 0, 0, 0]], dtype=np.float32)
+    out, _ = run_program(prog, {"x": x})
+    assert out["y"].ravel().tolist() == [36.0, 28.0, 2.0]
+
+
+def test_lossless_flag_that_is_false_is_a_program_error():
+    prog = _one_column_program([3, 3, 3, 3], adc_bits=3, mode="saturate")
+    prog.xbars[0].lossless = 1
+    with pytest.raises(ProgramError, match="marked lossless"):
+        run_program(prog, {"x": np.zeros((1, 4), np.float32)})
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def _small():
+    return dense_program(np.array([[1, -2], [3, 4], [-5, 6]]), shift=np.zeros(2))
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    with pytest.raises(RunInputError, match=r"shape \[2, 4\].*\[N, 3\]"):
+        run_program(_small(), {"x": np.zeros((2, 4), np.float32)})
+    with pytest.raises(RunInputError, match="add a leading batch axis"):
+        run_program(_small(), {"x": np.zeros(3, np.float32)})
+
+
+def test_wrong_input_dtype_name_and_values_are_clear_errors():
+    with pytest.raises(RunInputError, match="dtype"):
+        run_program(_small(), {"x": np.array([["a", "b", "c"]])})
+    with pytest.raises(RunInputError, match="dtype"):
+        run_program(_small(), {"x": np.zeros((1, 3), bool)})
+    with pytest.raises(RunInputError, match="NaN"):
+        run_program(_small(), {"x": np.full((1, 3), np.nan, np.float32)})
+    with pytest.raises(RunInputError, match="missing input"):
+        run_program(_small(), {})
+    with pytest.raises(RunInputError, match="unknown input"):
+        run_program(_small(), {"x": np.zeros((1, 3), np.float32), "z": np.zeros(1)})
+
+
+def test_integer_inputs_are_accepted_and_quantized_on_the_host():
+    prog = _small()
+    prog.inputs[0].scale = 0.5  # x / 0.5 -> codes
+    out, _ = run_program(prog, {"x": np.array([[1, 2, 3]], dtype=np.int32)})
+    # codes [2, 4, 6]; y = [2 + 12 - 30, -4 + 16 + 36] clamped to [0, 255] -> [0, 48]
+    assert out["y"].tolist() == [[0.0, 48.0]]
+
+
+def test_reserved_opcode_is_not_implemented():
+    prog = _small()
+    prog.instrs.insert(0, Instr("mvm_et", {}, "fc"))
+    with pytest.raises(ProgramError, match="not implemented by this runtime"):
+        run_program(prog, {"x": np.zeros((1, 3), np.float32)})
+
+
+def test_other_format_version_is_rejected():
+    prog = _small()
+    prog.version = (2, 0)
+    with pytest.raises(ProgramError, match="version"):
+        run_program(prog, {"x": np.zeros((1, 3), np.float32)})
+
+
+def test_corrupt_program_bytes_are_rejected():
+    from runtime.container import read_program, write_program
+
+    data = bytearray(write_program(_small()))
+    data[len(data) // 2] ^= 0xFF
+    with pytest.raises(ProgramError):
+        read_program(bytes(data), "corrupt.pimx")
+    with pytest.raises(ProgramError):
+        read_program(bytes(data[: len(data) // 3]), "truncated.pimx")
+
+
+def test_program_round_trip_through_container_runs_identically():
+    from runtime.container import read_program, write_program
+
+    prog = _small()
+    x = np.array([[1, 2, 3], [200, 100, 0]], dtype=np.float32)
+    a, ra = run_program(prog, {"x": x})
+    b, rb = run_program(read_program(write_program(prog), "mem"), {"x": x})
+    np.testing.assert_array_equal(a["y"], b["y"])
+    assert ra["run"]["counters"] == rb["run"]["counters"]
+
+
+def test_input_codes_wider_than_the_mvm_bits_are_a_program_error():
+    prog = _small()
+    for ins in prog.instrs:
+        if ins.opcode == "mvm":
+            ins.fields["bits"] = 4  # buffer holds 8-bit codes
+    with pytest.raises(ProgramError, match="outside the unsigned 4-bit range"):
+        run_program(prog, {"x": np.array([[100, 0, 0]], np.float32)})
