@@ -285,12 +285,30 @@ def _onnx_pads(pads: tuple[int, ...]) -> list[int]:
     return [int(p) for p in pads]
 
 
-def export_qdq(module_q: ModuleOp, float_model_path: str | Path | None = None) -> onnx.ModelProto:
+def export_qdq(
+    module_q: ModuleOp, float_model_path: str | Path | None = None, expose_codes: bool = False
+) -> onnx.ModelProto | tuple[onnx.ModelProto, dict[SSAValue, str]]:
     """The quantized module as a QDQ ONNX model (opset 21, dynamic batch ``N``).
 
-    ``float_model_path`` (optional) is only recorded in the model's doc string.
+    ``float_model_path`` (optional) is only recorded in the model's doc string. With
+    ``expose_codes`` every quantized value's codes are extra graph outputs (to find the first
+    value where two implementations differ) and the result is ``(model, {value: output name})``.
     """
-    model = _Exporter(main_func(module_q)).run()
+    exporter = _Exporter(main_func(module_q))
+    model = exporter.run()
+    if expose_codes:
+        exposed = {}
+        outputs = {o.name for o in model.graph.output}
+        for value, name in exporter.names.items():
+            qt = nn.element_of(value) if hasattr(value.type, "element_type") else None
+            if isinstance(qt, QuantType) and name not in outputs:
+                elem = helper.np_dtype_to_tensor_dtype(np.dtype(_Exporter.storage(qt)))
+                shape = ["N"] + [int(d) for d in nn.shape_of(value)[1:]]
+                model.graph.output.append(helper.make_tensor_value_info(name, elem, shape))
+                outputs.add(name)
+                exposed[value] = name
+        onnx.checker.check_model(model)
+        return model, exposed
     if float_model_path is not None:
         model.doc_string = f"pimc quantization of {Path(float_model_path).name}"
     onnx.checker.check_model(model)
