@@ -71,6 +71,20 @@ def _fast(node: onnx.NodeProto, args: list[np.ndarray | None], opset: int) -> li
         return [np.squeeze(args[0], axis=tuple(int(x) % args[0].ndim for x in axes))]
     if op == "Shape" and len(a) == 0:
         return [np.array(args[0].shape, dtype=np.int64)]
+    if op == "DequantizeLinear" and not a.get("block_size", 0):
+        x = args[0]
+        axis = int(a.get("axis", 1)) % max(x.ndim, 1)
+
+        def along_axis(v) -> np.ndarray:
+            v = np.asarray(v, dtype=np.float32)
+            if v.size <= 1:
+                return v.reshape(())
+            shape = [1] * x.ndim
+            shape[axis] = v.size
+            return v.reshape(shape)
+
+        zp = args[2] if len(args) > 2 and args[2] is not None else np.zeros(1)
+        return [((x.astype(np.float32) - along_axis(zp)) * along_axis(args[1])).astype(np.float32)]
     if op == "Reshape" and opset >= 5 and not a.get("allowzero", 0):
         shape = [int(d) for d in args[1]]
         shape = [args[0].shape[i] if d == 0 else d for i, d in enumerate(shape)]

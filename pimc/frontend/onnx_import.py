@@ -118,13 +118,40 @@ def load_model(path: Path) -> onnx.ModelProto:
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"{path}: not an ONNX model (no graph nodes or outputs were decoded)")
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(skeleton(model))
     except Exception as err:
         raise ModelError(f"{path}: the ONNX checker rejects the model: {_first_line(err)}") from None
     opset = {o.domain or "": o.version for o in model.opset_import}.get("", 0)
     if opset < 9:
         raise ModelError(f"{path}: opset {opset} of the default domain is too old; pimc supports opset 9 and newer")
     return model
+
+
+def skeleton(model: onnx.ModelProto, max_elements: int = 4096) -> onnx.ModelProto:
+    """The model with large initializers turned into typed graph inputs (no data).
+
+    The checker and shape inference serialize the whole model; without the weight bytes they take
+    milliseconds instead of seconds on VGG-sized models, and small initializers (shape constants)
+    stay for data propagation.
+    """
+    out = onnx.ModelProto()
+    graph = model.graph
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    g = out.graph
+    g.name = graph.name
+    g.node.extend(graph.node)
+    g.input.extend(graph.input)
+    g.output.extend(graph.output)
+    g.value_info.extend(graph.value_info)
+    graph_inputs = {i.name for i in graph.input}
+    for init in graph.initializer:
+        if int(np.prod(init.dims)) <= max_elements:
+            out.graph.initializer.append(init)
+        elif init.name not in graph_inputs:
+            out.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return out
 
 
 def _first_line(err: Exception) -> str:
@@ -187,7 +214,7 @@ class _Importer:
         for name, arg, shape, q in zip(arg_names, self.block.args, arg_shapes, arg_q):
             self.env[name] = Val(arg, tuple(shape), q)
 
-        for node in self.graph.node:
+        for node in self._live_nodes():
             self._node(node)
 
         results: list[SSAValue] = []
@@ -306,8 +333,7 @@ class _Importer:
 
     def _shape_inference(self, names: list[str], shapes: list[list[int]]) -> None:
         """ONNX's own shape inference (strict) catches inconsistent models early."""
-        model = onnx.ModelProto()
-        model.CopyFrom(self.model)
+        model = skeleton(self.model)
         by_name = dict(zip(names, shapes))
         for inp in model.graph.input:
             if inp.name in by_name:
@@ -349,6 +375,16 @@ class _Importer:
         except Unsupported as err:
             self.problems.append(f"{_node_label(node)}: {err}")
             self.poisoned.update(o for o in node.output if o)
+
+    def _live_nodes(self) -> list[onnx.NodeProto]:
+        """Nodes that contribute to a graph output (dead nodes are neither imported nor reported)."""
+        needed = set(self.graph_outputs)
+        live = []
+        for node in reversed(self.graph.node):
+            if any(o in needed for o in node.output if o):
+                live.append(node)
+                needed.update(i for i in node.input if i)
+        return live[::-1]
 
     def _fold(self, node: onnx.NodeProto) -> None:
         args = [self.consts[i] if i else None for i in node.input]
@@ -596,7 +632,8 @@ class _Importer:
         w = np.asarray(w, dtype=np.float32)
         if a.get("transB", 0):
             w = w.T
-        w = w * np.float32(a.get("alpha", 1.0))
+        if a.get("alpha", 1.0) != 1.0:
+            w = w * np.float32(a["alpha"])
         n = w.shape[1]
         c = self._const(node, 2, "bias C")
         bias = None
