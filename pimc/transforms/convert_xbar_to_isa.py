@@ -35,7 +35,7 @@ from pimc.dialects.nn import QuantType, numpy_from_dense, shape_of
 from pimc.errors import ModelError
 from pimc.quant import intmath
 
-_NAME_OK = re.compile(r"[^A-Za-z0-9_.]")
+_NAME_BAD = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def storage_dtype(qt: QuantType) -> str:
@@ -54,15 +54,14 @@ def _np_dtype(name: str) -> np.dtype:
 
 
 class Names:
-    """Unique, readable program names: ``[A-Za-z_][A-Za-z0-9_.]*``."""
+    """Unique program names that keep the model's own names (``/9/Gemm``, ``conv1.cols``): the
+    report and ``--stats`` then name layers alike. Control characters are replaced."""
 
     def __init__(self) -> None:
         self.used: set[str] = set()
 
     def fresh(self, base: str) -> str:
-        name = _NAME_OK.sub("_", base) or "v"
-        if not (name[0].isalpha() or name[0] == "_"):
-            name = "v" + name
+        name = _NAME_BAD.sub("_", base) or "v"
         candidate, i = name, 1
         while candidate in self.used:
             candidate = f"{name}_{i}"
