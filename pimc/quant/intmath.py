@@ -58,7 +58,7 @@ def quantize_multiplier(
 
     If that would need ``shift > max_shift`` (a tiny multiplier), ``shift = max_shift`` and
     ``M = rne(real · 2^max_shift)`` (fewer significant bits, possibly 0). A multiplier that would
-    need a negative shift (``real >= 2^bits``) raises ``ValueError``: no sane scales produce one.
+    need a negative shift (``real`` about ``2^bits`` or more) raises ``ValueError``: no sane scales produce one.
     The relative error is at most ``2^-bits`` in the normal case.
     """
     real = np.asarray(real, dtype=np.float64)
@@ -91,11 +91,11 @@ def bits_for(value: int | np.ndarray) -> int:
 def layer_multiplier_bits(worst_abs: int) -> int:
     """Multiplier width for a matrix layer whose |acc + bias| is below ``worst_abs``.
 
-    31 bits (2^30 <= M < 2^31) when |acc + bias| < 2^32, else as many as keep the int64 product
-    ``(acc + bias) · M`` below 2^62. Fewer than ``MIN_MULT_BITS`` raises ``ValueError``.
+    31 bits (2^30 <= M < 2^31) when |acc + bias| <= worst_abs < 2^32, else as many as keep the
+    int64 product ``(acc + bias) · M`` below 2^63. Fewer than ``MIN_MULT_BITS`` raises ``ValueError``.
     """
     acc_bits = max(int(worst_abs).bit_length(), 1)
-    bits = min(MULT_BITS, 62 - acc_bits)
+    bits = min(MULT_BITS, 63 - acc_bits)
     if bits < MIN_MULT_BITS:
         raise ValueError(
             f"the accumulator can reach {worst_abs} (2^{acc_bits}), leaving {bits} bits for the "

@@ -201,16 +201,21 @@ class _Exporter:
         # the IR holds the effective bias (bias - zp_x · Σw); ONNX wants the plain int32 bias
         bias_eff = numpy_from_dense(op.bias).astype(np.int64) if op.bias is not None else 0
         bias_q = bias_eff + xt.zero_point.data * w.astype(np.int64).sum(axis=reduce_axes)
-        if np.any(np.abs(bias_q) > (1 << 31) - 1):
-            raise ModelError(f"QDQ export: the bias of {op.name} does not fit int32")
         w_init = self.init("w", w)
         w_zp = self.init("w_zp", np.zeros(sw.shape, dtype=w.dtype))
         w_s = self.init("w_scale", sw)
         w_dq = self.node("DequantizeLinear", [w_init, w_s, w_zp], "w_dq", axis=axis)
-        b_init = self.init("b", bias_q.astype(np.int32))
-        b_s = self.init("b_scale", (np.float32(xt.scale.data) * sw).astype(np.float32))
-        b_zp = self.init("b_zp", np.zeros(sw.shape, dtype=np.int32))
-        b_dq = self.node("DequantizeLinear", [b_init, b_s, b_zp], "b_dq", axis=0)
+        b_scale = (np.float32(xt.scale.data) * sw).astype(np.float32)
+        if np.all(np.abs(bias_q) <= (1 << 31) - 1):
+            b_init = self.init("b", np.asarray(bias_q, dtype=np.int32) * np.ones(sw.shape, dtype=np.int32))
+            b_s = self.init("b_scale", b_scale)
+            b_zp = self.init("b_zp", np.zeros(sw.shape, dtype=np.int32))
+            b_dq = self.node("DequantizeLinear", [b_init, b_s, b_zp], "b_dq", axis=0)
+        else:
+            # a wide-format bias (quantization.md §4) has no int32 DequantizeLinear: its exact real
+            # value bias_q · s_x · s_w, rounded once to float32
+            real = np.asarray(bias_q, dtype=np.float64) * float(xt.scale.data) * sw.astype(np.float64)
+            b_dq = self.init("b_real", real.astype(np.float32))
         x = self.dq(op.input)
         if conv:
             assert isinstance(op, nn.Conv2dOp)

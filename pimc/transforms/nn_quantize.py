@@ -294,14 +294,17 @@ class _Quantizer:
             bias_q = intmath.rne(b / sx_sw)
         else:
             bias_q = np.zeros(n_out, dtype=np.int64)
-        limit = (1 << 31) - 1
+        # int32 (the ONNX / TFLite convention) when both formats are at most 8 bits; wider formats
+        # make s_x·s_w so small that int32 cannot hold ordinary biases, so they get 48 bits
+        bias_bits = 32 if self.wbits <= 8 and xt.bits.data <= 8 else 48
+        limit = (1 << (bias_bits - 1)) - 1
         bad = np.flatnonzero(np.abs(bias_q) > limit)
         if bad.size:
             n = int(bad[0])
             raise ModelError(
                 f"{name}: bias[{n}] = {float(numpy_from_dense(op.bias)[n])!r} is {int(bias_q[n])} in units of "
-                f"input scale x weight scale ({s_x:g} x {float(sw[n]):g}), which overflows int32; the input "
-                "range or the weights of this channel are degenerate (calibrate with more representative data)"
+                f"input scale x weight scale ({s_x:g} x {float(sw[n]):g}), which overflows int{bias_bits}; the "
+                "input range or the weights of this channel are degenerate (calibrate with more representative data)"
             )
         wsum = wq.sum(axis=reduce_axes)
         bias_eff = bias_q - zp_x * wsum
