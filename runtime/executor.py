@@ -522,11 +522,22 @@ def check_inputs(program: Program, inputs: dict[str, np.ndarray], bufs: dict[str
     return batch
 
 
-def quantize_input(x: np.ndarray, scale: float, zp: int, dtype: np.dtype) -> np.ndarray:
-    """Host-side quantization of ``.input``: clamp(rne(x / scale) + zp, qmin, qmax) in binary64."""
+def input_range(dtype: np.dtype, act_bits: int | None) -> tuple[int, int]:
+    """[qmin, qmax] of a model input: ``act_bits`` wide (isa.md §2), within the buffer type."""
     lo, hi = D.type_range(dtype)
+    if act_bits:
+        if lo < 0:
+            lo, hi = max(lo, -(1 << (act_bits - 1))), min(hi, (1 << (act_bits - 1)) - 1)
+        else:
+            hi = min(hi, (1 << act_bits) - 1)
+    return lo, hi
+
+
+def quantize_input(x: np.ndarray, scale: float, zp: int, dtype: np.dtype, act_bits: int | None = None) -> np.ndarray:
+    """Host-side quantization of ``.input``: clamp(rne(x / scale) + zp, qmin, qmax) in binary64."""
+    lo, hi = input_range(dtype, act_bits)
     v = np.rint(np.asarray(x, dtype=np.float64) / float(scale))
-    v = np.clip(v, lo - zp - 1, hi - zp + 1)
+    v = np.clip(v, lo - zp - 1, hi - zp + 1)  # also keeps the cast to int64 in range
     return np.clip(v.astype(np.int64) + zp, lo, hi).astype(dtype)
 
 
@@ -553,6 +564,7 @@ def run_program(
     chunk = B if batch_size is None else min(B, int(batch_size))
     stats = [InstrStats(i, ins.opcode, ins.layer) for i, ins in enumerate(program.instrs)]
     outs: dict[str, list[np.ndarray]] = {p.name: [] for p in program.outputs}
+    act_bits = (program.config or {}).get("precision", {}).get("act_bits")
     starts = list(range(0, B, chunk))
     bar = _progress(len(starts)) if progress and len(starts) > 1 else None
     t0 = time.perf_counter()
@@ -563,7 +575,7 @@ def run_program(
             feeds = {}
             for p in program.inputs:
                 dt = DTYPES[m.buffers[p.buf].dtype]
-                feeds[p.buf] = quantize_input(inputs[p.name][s : s + chunk], p.scale, p.zp, dt)
+                feeds[p.buf] = quantize_input(inputs[p.name][s : s + chunk], p.scale, p.zp, dt, act_bits)
             m.run_chunk(feeds, stats, fast_path)
             for p in program.outputs:
                 if p.buf not in m.env:
