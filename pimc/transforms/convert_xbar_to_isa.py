@@ -102,6 +102,7 @@ class Lowering:
         self.body: list[isa.IsaOp] = []
         self.buf: dict[SSAValue, str] = {}  # value -> buffer (or constant) name
         self.xbar_count = 0
+        self.tables: dict[bytes, str] = {}  # row-table bytes -> constant name
 
     # ----------------------------------------------------------------------------- helpers
 
@@ -115,6 +116,18 @@ class Lowering:
         name = self.names.fresh(base)
         self.decls.append(isa.ConstDirective.build(sym_name=name, value=np.ascontiguousarray(array)))
         return name
+
+    def row_table(self, table: np.ndarray, base: str) -> str:
+        """A row-table constant, shared by every crossbar with the same table (crossbars of one
+        row block, and the many layers whose tables are a plain range): ``rows.A_B`` for
+        ``A, A+1, ..., B``."""
+        key = table.tobytes()
+        if key not in self.tables:
+            n = table.size
+            if n and table[0] >= 0 and np.array_equal(table, np.arange(table[0], table[0] + n, dtype=np.int32)):
+                base = f"rows.{int(table[0])}_{int(table[-1])}"
+            self.tables[key] = self.const(base, table)
+        return self.tables[key]
 
     def buffer(self, base: str, dtype: str, shape: tuple[int, ...] | list[int]) -> str:
         name = self.names.fresh(base)
@@ -439,7 +452,7 @@ class Lowering:
             xid = self.xbar_count
             self.xbar_count += 1
             image = self.const(f"{label}.xb{j}.image", x.image_array())
-            table = self.const(f"{label}.xb{j}.rows", x.row_table_array().astype(np.int32))
+            table = self.row_table(x.row_table_array().astype(np.int32), f"{label}.xb{j}.rows")
             self.decls.append(
                 isa.XbarDirective.build(
                     id=xid,

@@ -24,15 +24,15 @@ builtin.module {
   }
 }
 
-// Crossbars are declared in layer order with their images, row tables and places.
+// Crossbars are declared in layer order with their images, row tables (shared when equal) and places.
 // CHECK:      isa.const {sym_name = "conv.xb0.image", value = dense<{{\[\[}}2, 0, 2, 1, 0, 0, 0, 0]
-// CHECK:      isa.xbar {id = 0 : i64, image = @conv.xb0.image, rows = 4 : i64, cols = 8 : i64, row_table = @conv.xb0.rows, adc_bits = 8 : i64, adc_mode = "saturate", chip = 0 : i64, tile = 0 : i64, ima = 0 : i64, lossless = 1 : i64}
-// CHECK:      isa.xbar {id = 1 : i64, image = @conv.xb1.image, rows = 4 : i64, cols = 1 : i64
+// CHECK:      isa.xbar {id = 0 : i64, image = @conv.xb0.image, rows = 4 : i64, cols = 8 : i64, row_table = @rows.0_3, adc_bits = 8 : i64, adc_mode = "saturate", chip = 0 : i64, tile = 0 : i64, ima = 0 : i64, lossless = 1 : i64}
+// CHECK:      isa.xbar {id = 1 : i64, image = @conv.xb1.image, rows = 4 : i64, cols = 1 : i64, row_table = @rows.0_3,
 // The layer column map is the crossbars' maps side by side (the unit column last, at column 8).
 // CHECK:      isa.const {sym_name = "conv.colmap", value = dense<{{\[\[}}0, 0, 1, 0, 0], [0, 2, 1, 0, 0], [0, 4, 1, 0, 0], [0, 6, 1, 3, 8], [1, 0, 1, 3, 8], [1, 2, 1, 3, 8], [1, 4, 1, 3, 8], [1, 6, 1, 3, 8], [-1, 7, -1, 0, 0]]> : tensor<9x5xi64>}
 // CHECK:      isa.const {sym_name = "conv.bias", value = dense<[-2546, -26398]> : tensor<2xi64>}
 // CHECK:      isa.xbar {id = 2 : i64, image = @fc.xb0.image
-// CHECK:      isa.const {sym_name = "fc.xb2.rows", value = dense<[4, 5, 6, 7]> : tensor<4xi32>}
+// CHECK:      isa.const {sym_name = "rows.4_7", value = dense<[4, 5, 6, 7]> : tensor<4xi32>}
 // CHECK:      isa.xbar {id = 5 : i64
 // One buffer per value (batch ?), plus each layer's im2col, column-result and accumulator buffers.
 // CHECK:      isa.buffer {sym_name = "x", type = "u8", shape = array<i64: -1, 1, 3, 3>}
