@@ -143,7 +143,7 @@ def _image_names(program: Program) -> set[str]:
 def _le(arr: np.ndarray) -> np.ndarray:
     """The array as contiguous little-endian data of its program type (no copy when it already is)."""
     dt = DTYPES[dtype_name(arr)].newbyteorder("<")
-    return np.ascontiguousarray(arr, dtype=dt)
+    return arr.astype(dt, order="C", copy=False)  # (not ascontiguousarray: it turns 0-d into 1-d)
 
 
 def _const_section(entries: list[tuple[int, Const]], strings: _Strings) -> list[Any]:
