@@ -159,3 +159,29 @@ def light_path(name: str) -> Path:
 
 def dtype_code(dtype) -> int:
     return _NP_TO_ONNX[np.dtype(dtype)]
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """The model with intermediate tensors ``names`` added as graph outputs (shapes inferred)."""
+    from pimc.frontend.onnx_import import skeleton
+
+    inferred = onnx.shape_inference.infer_shapes(skeleton(model))
+    infos = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for name in names:
+        m.graph.output.append(infos[name])
+    return m
+
+
+def logits_name(model: onnx.ModelProto) -> str | None:
+    """The input of the final Softmax (the logits), if the model ends in one."""
+    for node in reversed(model.graph.node):
+        if node.op_type == "Softmax" and node.output[0] in {o.name for o in model.graph.output}:
+            return node.input[0]
+    return None
+
+
+def runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]

@@ -34,17 +34,22 @@ def main(
 
         outputs = run_float(module, inputs)
     else:
-        from pimc.commands.compile import is_float_model, quantize, resolve_config
-
-        if is_float_model(module) and not quant.get("calibration"):
-            raise InputError(
-                f"{model} is a float model: --int needs calibration inputs to choose activation ranges. "
-                "Give a batch of typical inputs with --calibration CAL.npy (an array in the model's input "
-                "layout, batch first) or --calibration CAL.npz (one array per input name)"
-            )
-        cfg = resolve_config(config, quant)
+        from pimc.hw import load_config
+        from pimc.quant import quantize_module
         from pimc.reference.int_ref import run_int
 
-        quantize(module, cfg, quant, model)
+        cfg = load_config(config)
+        calib = load_inputs(quant["calibration"], module) if quant.get("calibration") else None
+        # quantize_module raises the InputError that says how to give calibration data when a
+        # float model comes without it
+        quantize_module(
+            module,
+            calib,
+            cfg,
+            weight_bits=quant.get("weight_bits"),
+            act_bits=quant.get("act_bits"),
+            method=quant.get("calib_method") or "minmax",
+            percentile=quant.get("percentile") or 99.99,
+        )
         outputs = run_int(module, inputs)
     save_outputs(output_path, outputs)

@@ -353,6 +353,11 @@ class _Importer:
 
     def _node(self, node: onnx.NodeProto) -> None:
         if any(i in self.poisoned for i in node.input if i):
+            # downstream of an unsupported node: shapes are unknown, but an unknown operator is
+            # still worth reporting now rather than after the user fixes the first one
+            if getattr(self, f"_op_{node.op_type}", None) is None or node.domain not in ("", "ai.onnx"):
+                if node.op_type not in SUPPORTED_OPS:
+                    self.problems.append(f"{_node_label(node)}: operator {node.op_type} is not supported")
             self.poisoned.update(o for o in node.output if o)
             return
         ins = [i for i in node.input]
