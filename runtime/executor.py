@@ -171,6 +171,7 @@ class Machine:
 
     def run_chunk(self, feeds: dict[str, np.ndarray], stats: list[InstrStats], fast_path: bool) -> None:
         self.env: dict[str, np.ndarray] = {}
+        self.checked: dict[tuple[str, int], np.ndarray] = {}
         self.homes: dict[str, tuple[int, int]] = {}
         self.colhomes: dict[str, dict[int, tuple[int, int, int]]] = {}  # dst -> col0 -> (place.., xbar)
         for name, arr in feeds.items():
@@ -223,6 +224,10 @@ class Machine:
                 f"({xb.adc_bits} bits, {xb.adc_mode}) can change a column sum"
             )
         use_fast = fast_path and lossless
+        key = (src_name, bits)
+        if self.checked.get(key) is not src:  # once per source array and width, not per crossbar
+            K.check_codes(src2d, bits, f"mvm on crossbar {xid} (instruction {self.pc})")
+            self.checked[key] = src
         res, events = K.mvm(src2d, xb, bits, dac_bits, order, use_fast)
         decl = self.decl(dst_name)
         if len(decl.shape) != 2:

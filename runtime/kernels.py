@@ -113,16 +113,19 @@ def prepare_xbar(xb, image: np.ndarray, table: np.ndarray, cell_bits: int) -> Xb
     )
 
 
+def check_codes(src2d: np.ndarray, bits: int, what: str) -> None:
+    """mvm inputs must be unsigned ``bits``-wide codes (isa.md §3.2)."""
+    if src2d.size:
+        lo, hi = int(src2d.min()), int(src2d.max())
+        if lo < 0 or hi >= (1 << bits):
+            raise ProgramError(f"{what}: input codes span [{lo}, {hi}], outside the unsigned {bits}-bit range")
+
+
 def _gather(src2d: np.ndarray, xb: XbarInfo, bits: int) -> np.ndarray:
     """The input vectors seen by the crossbar's used rows: [P, rows_used] codes."""
     if xb.rows_used and int(xb.row_idx.max()) >= src2d.shape[1]:
         raise ProgramError(f"crossbar {xb.id}: row table refers to input element {int(xb.row_idx.max())}, but the input vector has {src2d.shape[1]}")
-    x = src2d[:, xb.row_idx]
-    if x.size:
-        lo, hi = int(x.min()), int(x.max())
-        if lo < 0 or hi >= (1 << bits):
-            raise ProgramError(f"mvm on crossbar {xb.id}: input codes span [{lo}, {hi}], outside the unsigned {bits}-bit range")
-    return x
+    return src2d[:, xb.row_idx]
 
 
 def _exact_matmul(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
@@ -144,11 +147,15 @@ def _digit_nonzero_table(bits: int, dac_bits: int, steps: int) -> np.ndarray:
     return count
 
 
-def _adc(s: np.ndarray, xb: XbarInfo, dac_bits: int) -> np.ndarray:
+def _adc_float(s: np.ndarray, xb: XbarInfo, dac_bits: int) -> np.ndarray:
+    """ADC_A on exact integer-valued floats (isa.md §3.2): saturate, or keep the top A bits."""
     if xb.adc_mode == "saturate":
-        return np.minimum(s, (1 << xb.adc_bits) - 1)
+        return np.minimum(s, s.dtype.type((1 << xb.adc_bits) - 1), out=s)
     d = xb.drop_bits(dac_bits)
-    return (s >> d) << d if d else s
+    if not d:
+        return s
+    scale = s.dtype.type(1 << d)
+    return np.floor(s / scale, out=s) * scale  # s >= 0 and 2^d a power of two: exact
 
 
 def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, fast: bool):
@@ -183,17 +190,20 @@ def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, f
         dac_ones = 0
         R = max(xb.rows_used, 1)
         block = max(1, PLANE_BLOCK_BYTES // (T * R * 4))
-        shifts = (np.arange(T, dtype=np.int64) * dac_bits)[:, None, None]
-        weights = (np.int64(1) << (np.arange(T, dtype=np.int64) * dac_bits))[:, None, None]
+        small = x.dtype if x.dtype.kind == "u" else np.dtype(np.int64)
+        shifts = (np.arange(T) * dac_bits).astype(small)[:, None, None]
         ftype = np.float32 if plane_bound < (1 << 24) else np.float64
         cells_f = xb.cells.astype(ftype)
+        # shift-and-add over the steps as one small float64 product: exact below 2^53
+        weights = np.ldexp(1.0, np.arange(T) * dac_bits)
+        assert ((1 << (T * dac_bits)) * max(plane_bound, 1)) < (1 << 53)
         for p0 in range(0, P, block):
-            xs = x[p0 : p0 + block].astype(np.int64)
-            digits = (xs[None, :, :] >> shifts) & mask  # [T, p, R]; streaming order does not change the sum
+            xs = x[p0 : p0 + block].astype(small, copy=False)
+            digits = (xs[None, :, :] >> shifts) & small.type(mask)  # [T, p, R]; the order does not change the sum
             dac_ones += int(np.count_nonzero(digits))
-            s = (digits.reshape(-1, xb.rows_used).astype(ftype) @ cells_f).astype(np.int64)
-            a = _adc(s, xb, dac_bits).reshape(T, xs.shape[0], xb.cols)
-            out[p0 : p0 + block] = (a * weights).sum(axis=0)
+            s = digits.reshape(-1, xb.rows_used).astype(ftype) @ cells_f  # one BLAS call: [T·p, R] @ [R, C]
+            a = _adc_float(s, xb, dac_bits).reshape(T, -1)
+            out[p0 : p0 + block] = (weights @ a.astype(np.float64, copy=False)).reshape(-1, xb.cols).astype(np.int64)
     steps = P * T
     events = {
         "crossbar_reads": steps,
@@ -229,12 +239,25 @@ def shiftadd(src: np.ndarray, colmap: np.ndarray, n_out: int, dst: np.ndarray | 
             raise ProgramError("shiftadd: column signs must be +1 or -1")
         if flip.min() < 0 or ((flip > 0) & ((unit < 0) | (unit >= src.shape[1]))).any():
             raise ProgramError("shiftadd: a flipped column names no valid unit column")
-    v = src.astype(np.int64, copy=True)
     flipped = np.nonzero(flip > 0)[0]
+    v = src.astype(np.int64, copy=bool(flipped.size))
     if flipped.size:
         v[:, flipped] = flip[flipped] * src[:, unit[flipped]] - src[:, flipped]
     w = sign * (np.int64(1) << shift)
     acc = np.zeros((src.shape[0], n_out), dtype=np.int64) if dst is None else dst
+    active = np.nonzero(out != -2)[0]
+    if active.size < len(out):
+        v, out, w = v[:, active], out[active], w[active]
+    vmax = max(abs(int(v.max())), abs(int(v.min()))) if v.size else 0
+    if vmax * sum(abs(int(x)) for x in w) < (1 << 53):
+        # every partial sum is an integer below 2^53: one float64 BLAS product is exact
+        M = np.zeros((len(out), n_out), dtype=np.float64)
+        direct = np.nonzero(out >= 0)[0]
+        M[direct, out[direct]] = w[direct]
+        broadcast = np.nonzero(out == -1)[0]
+        M[broadcast, :] = w[broadcast, None]
+        acc += (v.astype(np.float64) @ M).astype(np.int64)
+        return acc
     direct = np.nonzero(out >= 0)[0]
     if direct.size:
         order = direct[np.argsort(out[direct], kind="stable")]

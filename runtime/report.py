@@ -125,7 +125,7 @@ def summary(report: dict):
     from rich.console import Group  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    head = Table(title=f"pimc simulation — per inference (run totals ÷ batch of {report['batch']})", show_header=False)
+    head = Table(title=f"per inference (run totals / {report['batch']} images)", show_header=False)
     head.add_column(style="bold")
     head.add_column(justify="right")
     head.add_row("crossbars / tiles / chips", f"{report['crossbars']} / {report['tiles']} / {report['chips']}")
