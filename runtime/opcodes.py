@@ -660,3 +660,20 @@ def validate_program(program: Program, source: str, where: Locations | None = No
     assembler) turns items into ``line:column`` positions; otherwise messages name the index.
     """
     _Checker(program, source, where).run()
+
+
+def schema_markdown() -> str:
+    """The opcode table of ``spec/program-format.md`` §7, generated from ``OPCODES`` (a test keeps
+    the document and this table identical)."""
+    rows = ["| id | opcode | fields in canonical order: kind (constraints), default |", "|---|---|---|"]
+    for op in sorted(OPCODES.values(), key=lambda o: o.id):
+        if op.reserved:
+            text = "*reserved* (isa.md §4): any fields; a 1.0 executor rejects the instruction"
+        elif not op.fields:
+            text = "–"
+        else:
+            text = "; ".join(
+                f"`{f.name}` {f.describe()}" + ("" if f.required else f", default `{f.default}`") for f in op.fields
+            )
+        rows.append(f"| {op.id} | `{op.name}` | {text} |")
+    return "\n".join(rows)

@@ -312,3 +312,14 @@ def test_cli_disasm_reports_damage_in_one_line(tmp_path, damage, message):
 def test_cli_missing_file(tmp_path):
     r = _cli(["disasm", str(tmp_path / "none.pimx")])
     assert r.exit_code == 3 and "no such program file" in r.output and "Traceback" not in r.output
+
+
+def test_spec_opcode_table_matches_the_schema():
+    """spec/program-format.md §7 is generated from runtime.opcodes; they must not drift apart."""
+    from pathlib import Path
+
+    from runtime.opcodes import schema_markdown
+
+    doc = (Path(__file__).resolve().parent.parent / "spec" / "program-format.md").read_text(encoding="utf-8")
+    table = doc.split("<!-- opcodes:begin -->\n", 1)[1].split("\n<!-- opcodes:end -->", 1)[0]
+    assert table == schema_markdown()
