@@ -100,3 +100,50 @@ def test_other_format_version_exit_status(tmp_path):
 def test_missing_input_file_exit_status(tmp_path, prog_file):
     res = _run("run", prog_file, "-i", tmp_path / "nothing.npy")
     assert res.exit_code == 2 and "no such input file" in res.output
+
+
+# ------------------------------------------------------------------ simulate and eval (real model)
+
+EXAMPLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "mnist_cnn"
+
+
+def test_simulate_compiles_and_runs_the_example(tmp_path):
+    res = _run("simulate", EXAMPLE / "model.onnx", "-i", EXAMPLE / "samples.npy", "-c", "isaac8",
+               "--calibration", EXAMPLE / "calib.npy", "-o", tmp_path / "y.npy", "--report", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    y = np.load(tmp_path / "y.npy")
+    assert y.shape == (8, 10) and y.dtype == np.float32
+    labels = np.load(EXAMPLE / "sample_labels.npy")
+    assert (y.argmax(1) == labels).mean() >= 0.75
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["crossbars"] > 0 and rep["energy_j"] > 0 and rep["batch"] == 8
+    assert [L["name"] for L in rep["layers"] if L["crossbars"]]  # conv/gemm layers used crossbars
+
+
+def test_simulate_without_calibration_is_a_clear_error():
+    res = _run("simulate", EXAMPLE / "model.onnx", "-i", EXAMPLE / "samples.npy")
+    assert res.exit_code == 2 and "calibration" in res.output
+
+
+def test_eval_reports_both_accuracies(tmp_path):
+    import shutil
+
+    shutil.copy(EXAMPLE / "model.onnx", tmp_path / "model.onnx")
+    res = _run("compile", tmp_path / "model.onnx", "-c", "isaac8", "--calibration", EXAMPLE / "calib.npy", "-o", tmp_path / "model.pimx")
+    assert res.exit_code == 0, res.output
+    np.save(tmp_path / "x.npy", np.load(EXAMPLE / "test_images.npy")[:300])
+    np.save(tmp_path / "y.npy", np.load(EXAMPLE / "test_labels.npy")[:300])
+    # the float model defaults to the .onnx beside the program
+    res = _run("eval", tmp_path / "model.pimx", "--data", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--report", tmp_path / "e.json")
+    assert res.exit_code == 0, res.output
+    acc = json.loads((tmp_path / "e.json").read_text())["accuracy"]
+    assert acc["images"] == 300 and acc["float_engine"] == "onnxruntime"
+    assert acc["simulator_top1"] > 0.9 and acc["float_top1"] > 0.9 and acc["agreement"] > 0.95
+    assert "simulator" in res.output and "agreement" in res.output
+    # labels of the wrong length, and no float model to compare with
+    np.save(tmp_path / "bad.npy", np.zeros(5, np.int64))
+    res = _run("eval", tmp_path / "model.pimx", "--data", tmp_path / "x.npy", "--labels", tmp_path / "bad.npy")
+    assert res.exit_code == 2 and "5 labels for 300 images" in res.output
+    (tmp_path / "model.onnx").unlink()
+    res = _run("eval", tmp_path / "model.pimx", "--data", tmp_path / "x.npy", "--labels", tmp_path / "y.npy")
+    assert res.exit_code == 2 and "--model" in res.output
