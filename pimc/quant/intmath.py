@@ -176,6 +176,18 @@ def quantize_float(x: np.ndarray, scale: float, zp: int, qmin: int, qmax: int) -
     """``clamp(rne(x / scale) + zp, qmin, qmax)`` with x / scale in binary64; NaN maps to zp."""
     x = np.asarray(x, dtype=np.float64)
     v = x / float(scale)
+    return _round_clamp(v, zp, qmin, qmax)
+
+
+def quantize_input(x: np.ndarray, scale: float, zp: int, qmin: int, qmax: int) -> np.ndarray:
+    """Graph-input quantization (``nn.quantize``), as ONNX QuantizeLinear: ``x / scale`` is the
+    correctly rounded binary32 quotient of the binary32 input and scale, then rne, zp, clamp."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = np.asarray(x, dtype=np.float32) / np.float32(scale)
+    return _round_clamp(v.astype(np.float64), zp, qmin, qmax)
+
+
+def _round_clamp(v: np.ndarray, zp: int, qmin: int, qmax: int) -> np.ndarray:
     v = np.where(np.isnan(v), 0.0, v)
     v = np.clip(v, -(2.0**62), 2.0**62)  # ±inf saturate
     return np.clip(rne(v) + zp, qmin, qmax)

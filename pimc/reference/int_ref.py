@@ -79,7 +79,7 @@ def run_int(module_q: ModuleOp, inputs: Mapping[str, np.ndarray]) -> dict[str, n
 def _eval(op: Operation, env: dict) -> np.ndarray:
     if isinstance(op, nn.QuantizeOp):
         s, zp, lo, hi = _params(op.output)
-        return intmath.quantize_float(env[op.input], s, zp, lo, hi)
+        return intmath.quantize_input(env[op.input], s, zp, lo, hi)
     if isinstance(op, nn.DequantizeOp):
         s, zp, _, _ = _params(op.input)
         return intmath.dequantize(env[op.input], s, zp).astype(np.float32)

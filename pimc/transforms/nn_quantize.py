@@ -31,6 +31,10 @@ LUT_OPS = (nn.ReluOp, nn.ClipOp, nn.LeakyReluOp, nn.PReluOp, nn.SigmoidOp, nn.Ha
 SAME_PARAM_OPS = (nn.MaxPoolOp, nn.ReshapeOp, nn.TransposeOp, nn.PadOp)
 # ops computed by the float digital units (isa §5.4)
 FLOAT_UNIT_OPS = (nn.SoftmaxOp, nn.LrnOp)
+# ops whose output parameters are free (chosen from their own calibrated range)
+OWN_PARAM_OPS = (
+    nn.Conv2dOp, nn.GemmOp, nn.AddOp, nn.SubOp, nn.MulOp, nn.DivOp, nn.AvgPoolOp, nn.GlobalAvgPoolOp, nn.ConcatOp,
+) + LUT_OPS + FLOAT_UNIT_OPS
 
 
 def layer_name(op: Operation) -> str:
@@ -105,6 +109,9 @@ class _Quantizer:
         self.map: dict[SSAValue, SSAValue] = {}
         self.fused: set[Operation] = set()
         self.new_ops: list[Operation] = []
+        # producers whose output goes only into a concat quantize straight to the concat's
+        # parameters (no nn.requantize, no double rounding)
+        self.forced: dict[Operation, QuantType] = {}
         self.anchor: Operation | None = None
 
     # ----------------------------------------------------------------------------- helpers
@@ -119,6 +126,8 @@ class _Quantizer:
         return QuantType(self.abits, False, scale, zp)
 
     def qtype_of(self, op: Operation) -> QuantType:
+        if op in self.forced:
+            return self.forced[op]
         rng = get_range(op.attributes)
         if rng is None:
             raise InputError(
@@ -166,6 +175,19 @@ class _Quantizer:
             if not any(isinstance(o, (nn.Conv2dOp, nn.GemmOp)) and _is_float(o.results[0]) for o in ops):
                 return  # already quantized (e.g. imported from a QDQ model): nothing to do
             raise ModelError("the module mixes quantized and float layers; nn-quantize needs an all-float network")
+
+        for op in ops:
+            if isinstance(op, nn.ConcatOp) and get_range(op.attributes) is not None:
+                qt = self.qtype_of(op)
+                for v in op.inputs:
+                    producer = v.owner
+                    if (
+                        isinstance(producer, OWN_PARAM_OPS)
+                        and len(list(v.uses)) == 1
+                        and _is_float(v)
+                        and producer not in self.forced
+                    ):
+                        self.forced[producer] = qt
 
         # graph inputs: nn.quantize after each float argument
         self.anchor = ops[0]
