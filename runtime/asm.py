@@ -158,6 +158,9 @@ class _ToValues(lark.Transformer):
     def dim(self, c):
         return c[0]
 
+    def numlist(self, c):
+        return ("numlist", c[0])
+
     def b64(self, c):
         return ("b64", c[0])
 
@@ -418,6 +421,8 @@ class _Builder:
                 arr = np.array([v.value for v in vals], dtype=dtype)
             return arr.reshape(dims)
         enc, tok = data
+        if enc == "numlist":
+            return self.numlist(what, dt.value, dtype, dims, size, tok)
         body = str(tok)[4:-1]
         try:
             raw = base64.b64decode(body, validate=True) if enc == "b64" else bytes.fromhex(body)
@@ -430,6 +435,41 @@ class _Builder:
                 tok.line, tok.column, f"{what}: {len(raw)} data bytes; shape {dims} of {dt.value} needs {size * dtype.itemsize}"
             )
         return np.frombuffer(raw, dtype=dtype).reshape(dims)
+
+
+    def numlist(self, what: str, dtname: str, dtype: np.dtype, dims: list[int], size: int, tok: lark.Token) -> np.ndarray:
+        """A NUMLIST token (``[1, -2, 3]`` as one token): split, check each literal, convert at once."""
+        body = str(tok)[1:-1]
+        parts = body.split(",") if body.strip() else []
+
+        def at(k: int) -> tuple[int, int]:
+            """line, column of part k inside the token."""
+            off = 1 + sum(len(p) + 1 for p in parts[:k])
+            off += len(parts[k]) - len(parts[k].lstrip()) if k < len(parts) else 0
+            before = str(tok)[:off]
+            nl = before.count("\n")
+            return tok.line + nl, (off - before.rfind("\n") if nl else tok.column + off)
+
+        is_float = dtname == "f64"
+        for k, part in enumerate(parts):
+            lit = part.strip()
+            if not (_INT.fullmatch(lit) or (is_float and _FLOAT.fullmatch(lit))):
+                expect = "a number" if is_float else "an integer"
+                self.fail(*at(k), f"{what}: expected {expect}, got {lit!r}" if lit else f"{what}: missing value in the list")
+        if len(parts) != size:
+            self.fail(tok.line, tok.column, f"{what}: {len(parts)} values for shape {dims} ({size} elements)")
+        if is_float:
+            return np.array([float(x) for x in parts], dtype=dtype).reshape(dims)
+        vals = [int(x) for x in parts]
+        info = np.iinfo(dtype)
+        if vals and (min(vals) < info.min or max(vals) > info.max):
+            k = next(k for k, v in enumerate(vals) if not info.min <= v <= info.max)
+            self.fail(*at(k), f"{what}: expected an integer in [{info.min}, {info.max}] ({dtname}), got {vals[k]}")
+        return np.array(vals, dtype=dtype).reshape(dims)
+
+
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(?:\d+\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+)")
 
 
 def assemble(text: str, source: str = "<text>") -> Program:
@@ -467,6 +507,7 @@ _TERMINALS = {
     "COLON": "':'",
     "QMARK": "'?'",
     "B64": 'b64"..."',
+    "NUMLIST": "'['",
     "HEX": 'hex"..."',
     "JLIT": "true/false/null",
     "PORT_KW": ".input/.output",

@@ -304,22 +304,30 @@ assert len(BY_ID) == len(OPCODES)
 
 
 def is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    """An integer (Python or NumPy), not a bool."""
+    t = type(v)
+    return t is int or (t is not bool and t is not float and isinstance(v, numbers.Integral))
 
 
 def is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+    t = type(v)
+    return t is float or t is int or (t is not bool and isinstance(v, numbers.Real))
+
+
+_DTYPE_NAME_CACHE: dict[np.dtype, str | None] = {}
 
 
 def dtype_name(arr: np.ndarray) -> str | None:
     """The program name of an array's element type (any byte order), or None."""
     dt = arr.dtype
-    if dt.byteorder not in ("=", "|"):
-        dt = dt.newbyteorder("=")
-    for name, d in DTYPES.items():
-        if d == dt:
-            return name
-    return None
+    try:
+        return _DTYPE_NAME_CACHE[dt]
+    except KeyError:
+        pass
+    nat = dt.newbyteorder("=") if dt.byteorder not in ("=", "|") else dt
+    name = next((n for n, d in DTYPES.items() if d == nat), None)
+    _DTYPE_NAME_CACHE[dt] = name
+    return name
 
 
 def valid_name(v: Any) -> bool:
