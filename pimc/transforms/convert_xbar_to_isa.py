@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp, StringAttr
+from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, ModuleOp, StringAttr
 from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 
@@ -112,9 +112,11 @@ class Lowering:
     def layer(self, name: str) -> None:
         self.emit(isa.LayerDirective, label=name)
 
-    def const(self, base: str, array: np.ndarray) -> str:
+    def const(self, base: str, array: np.ndarray | DenseIntOrFPElementsAttr) -> str:
+        """Declares a constant; a dense attribute of the right type is shared, not copied."""
         name = self.names.fresh(base)
-        self.decls.append(isa.ConstDirective.build(sym_name=name, value=np.ascontiguousarray(array)))
+        value = array if isinstance(array, DenseIntOrFPElementsAttr) else np.ascontiguousarray(array)
+        self.decls.append(isa.ConstDirective.build(sym_name=name, value=value))
         return name
 
     def row_table(self, table: np.ndarray, base: str) -> str:
@@ -451,7 +453,7 @@ class Lowering:
             colmap[col0 : col0 + width] = x.colmap_array()
             xid = self.xbar_count
             self.xbar_count += 1
-            image = self.const(f"{label}.xb{j}.image", x.image_array())
+            image = self.const(f"{label}.xb{j}.image", x.image)  # ui8 [rows, cols], as the program wants
             table = self.row_table(x.row_table_array().astype(np.int32), f"{label}.xb{j}.rows")
             self.decls.append(
                 isa.XbarDirective.build(
@@ -485,9 +487,9 @@ class Lowering:
             isa.RequantOp,
             dst=self.value_buffer(op.output, label),
             src=acc,
-            bias=self.const(f"{label}.bias", numpy_from_dense(op.bias).astype(np.int64)),
-            mult=self.const(f"{label}.mult", numpy_from_dense(op.requant_multiplier).astype(np.int64)),
-            shift=self.const(f"{label}.shift", numpy_from_dense(op.requant_shift).astype(np.int64)),
+            bias=self.const(f"{label}.bias", op.bias),  # i64 [N] (the xbar.layer verifier checks it)
+            mult=self.const(f"{label}.mult", op.requant_multiplier),
+            shift=self.const(f"{label}.shift", op.requant_shift),
             zp=op.int_prop("zp_out"),
             lo=lo,
             hi=hi,
