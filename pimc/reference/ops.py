@@ -67,16 +67,31 @@ def conv2d(
     groups: int,
     pad_value: float | int = 0,
 ) -> np.ndarray:
-    """NCHW convolution via im2col + one matmul: weight [Cout, Cin/g, kh, kw]."""
+    """NCHW convolution as one matmul per layer (per group): weight [Cout, Cin/g, kh, kw].
+
+    The columns are laid out [G, K, N*P] (K = Cg*kh*kw, P = OH*OW) so that each group is a single
+    2-D BLAS call W[Cout/g, K] @ cols[K, N*P] over the whole batch (NumPy's broadcasting matmul
+    is several times slower); a 1x1 stride-1 unpadded conv needs no window gathering.
+    """
     cout, cg, kh, kw = weight.shape
-    cols, oh, ow = im2col(x, (kh, kw), strides, pads, dilations, groups, pad_value)
-    wmat = weight.reshape(groups, cout // groups, cg * kh * kw).transpose(0, 2, 1)  # G, K, Cout/g
-    out = np.matmul(cols, wmat)  # N, G, P, Cout/g
     n = x.shape[0]
-    out = out.transpose(0, 1, 3, 2).reshape(n, cout, oh, ow)
+    wmat = weight.reshape(groups, cout // groups, cg * kh * kw)
+    if (kh, kw) == (1, 1) and tuple(strides) == (1, 1) and not any(pads):
+        oh, ow = x.shape[2], x.shape[3]
+        cols = x.reshape(n, groups, cg, oh * ow).transpose(1, 2, 0, 3)
+    else:
+        win = windows(pad_nchw(x, pads, pad_value), (kh, kw), strides, dilations)  # N, C, OH, OW, kh, kw
+        oh, ow = win.shape[2], win.shape[3]
+        cols = win.reshape(n, groups, cg, oh, ow, kh, kw).transpose(1, 2, 5, 6, 0, 3, 4)
+    cols = cols.reshape(groups, cg * kh * kw, n * oh * ow)
+    if groups == 1:
+        out = (wmat[0] @ cols[0]).reshape(cout, n, oh, ow)
+    else:
+        out = np.matmul(wmat, cols).reshape(cout, n, oh, ow)  # G, Cout/g, N*P
+    out = out.transpose(1, 0, 2, 3)
     if bias is not None:
         out = out + bias.reshape(1, cout, 1, 1)
-    return out
+    return np.ascontiguousarray(out)
 
 
 def gemm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
