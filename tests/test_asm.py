@@ -209,3 +209,15 @@ def test_compiled_mnist_program_round_trips(tmp_path):
     r = CliRunner().invoke(cli, ["asm", str(tmp_path / "m.s"), "-o", str(tmp_path / "m2.pimx")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "m2.pimx").read_bytes() == data
+
+
+@pytest.mark.parametrize("name", ["true", "null", "pimx", "halt", "mvm", "b64", "hex", "inf", "nan", "u8", "lsb", "x=1", "1a", "-a", "a b", 'q"uote', "é", "\t", "#c"])
+def test_names_that_look_like_keywords_or_syntax_round_trip(name):
+    p = small_program()
+    p.buffers.append(type(p.buffers[0])(name, "u8", [-1, 2]))
+    p.instrs.insert(4, Instr("reshape", {"dst": name, "src": name}, name))
+    p.inputs[0].name = name
+    text = disassemble(p)
+    q = assemble(text)
+    assert q.buffers[-1].name == name and q.instrs[4].layer == name and q.inputs[0].name == name
+    assert write_program(q) == write_program(p)
