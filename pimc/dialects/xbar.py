@@ -86,8 +86,11 @@ cross between chips).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from xdsl.dialects.builtin import (
+    BytesAttr,
     DenseArrayBase,
     DenseIntOrFPElementsAttr,
     IntegerAttr,
@@ -111,7 +114,7 @@ from xdsl.irdl import (
 from xdsl.traits import NoTerminator
 from xdsl.utils.exceptions import VerifyException
 
-from pimc.dialects.nn import QuantType, element_of, ints, numpy_from_dense, shape_of
+from pimc.dialects.nn import QuantType, dense_from_numpy, element_of, ints, numpy_from_dense, shape_of
 
 KINDS = ("conv", "gemm")
 SCHEMES = ("offset", "differential", "twos")
@@ -125,8 +128,41 @@ OUT_ALL = -1  # unit column: added to every output
 OUT_NONE = -2  # padding / referenced-only column
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _i64_attr(value: int) -> IntegerAttr:
+    return IntegerAttr(value, i64)
+
+
 def i64_attr(value: int) -> IntegerAttr:
-    return IntegerAttr(int(value), i64)
+    """An i64 IntegerAttr (cached: attributes are immutable, and a ResNet has ~10^5 of them)."""
+    return _i64_attr(int(value))
+
+
+@functools.lru_cache(maxsize=256)
+def _string_attr(value: str) -> StringAttr:
+    return StringAttr(value)
+
+
+_TENSOR_TYPES: dict[tuple[str, tuple[int, ...]], TensorType] = {}
+
+
+def dense(array: np.ndarray) -> DenseIntOrFPElementsAttr:
+    """``dense_from_numpy`` with the tensor type cached per (dtype, shape): crossbars share shapes."""
+    array = np.ascontiguousarray(array)
+    key = (array.dtype.str, array.shape)
+    t = _TENSOR_TYPES.get(key)
+    if t is None:
+        if len(_TENSOR_TYPES) > 4096:
+            _TENSOR_TYPES.clear()
+        attr = dense_from_numpy(array)
+        _TENSOR_TYPES[key] = attr.type
+        return attr
+    return DenseIntOrFPElementsAttr(t, BytesAttr(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()))
+
+
+def _view(attr: DenseIntOrFPElementsAttr, dtype: str) -> np.ndarray:
+    """A NumPy view of a dense attribute whose element type is already known (verified)."""
+    return np.frombuffer(attr.data.data, dtype=dtype).reshape(attr.get_shape())
 
 
 def _int(attr: IntegerAttr) -> int:
@@ -156,20 +192,27 @@ def digits_per_output(scheme: str, weight_bits: int, cell_bits: int, magnitude_b
     raise ValueError(f"unknown scheme {scheme!r}")
 
 
-def _check_colmap(where: str, colmap: np.ndarray, cols: int, unit_limit: int) -> None:
+def _check_colmap(where: str, colmap: np.ndarray, cols: int, unit_limit: int, n_out: int) -> None:
     if colmap.ndim != 2 or colmap.shape != (cols, 5):
         raise VerifyException(f"{where}: colmap must be [{cols}, 5], got {list(colmap.shape)}")
     if cols == 0:
         return
+    out, shift, sign, flip, unit = colmap.T
+    flipped = flip > 0
+    bad = (out < OUT_NONE) | (out >= n_out) | (np.abs(sign) != 1) | (shift < 0) | (shift > 62) | (flip < 0)
+    bad |= flipped & ((unit < 0) | (unit >= unit_limit))
+    if not bad.any():  # one pass in the common case; the messages below name the first problem
+        return
     if np.any(colmap[:, OUT] < OUT_NONE):
         raise VerifyException(f"{where}: colmap 'out' must be >= -2")
+    if np.any(colmap[:, OUT] >= n_out):
+        raise VerifyException(f"{where}: colmap 'out' >= N = {n_out}")
     if np.any(np.abs(colmap[:, SIGN]) != 1):
         raise VerifyException(f"{where}: colmap 'sign' must be +1 or -1")
     if np.any(colmap[:, SHIFT] < 0) or np.any(colmap[:, SHIFT] > 62):
         raise VerifyException(f"{where}: colmap 'shift' must be in [0, 62]")
     if np.any(colmap[:, FLIP] < 0):
         raise VerifyException(f"{where}: colmap 'flip' must be >= 0")
-    flipped = colmap[:, FLIP] > 0
     bad = flipped & ((colmap[:, UNIT] < 0) | (colmap[:, UNIT] >= unit_limit))
     if np.any(bad):
         raise VerifyException(
@@ -216,14 +259,14 @@ class CrossbarOp(IRDLOperation):
                 "col0": i64_attr(col0),
                 "colmap": colmap,
                 "adc_bits": i64_attr(adc_bits),
-                "adc_mode": StringAttr(adc_mode),
+                "adc_mode": _string_attr(adc_mode),
                 "lossless": i64_attr(int(lossless)),
             }
         )
 
     # numpy views -------------------------------------------------------------------------------
     def image_array(self) -> np.ndarray:
-        return numpy_from_dense(self.image)
+        return _view(self.image, "u1") if _u8_type(self.image) else numpy_from_dense(self.image)
 
     def row_table_array(self) -> np.ndarray:
         return numpy_from_dense(self.row_table)
@@ -255,22 +298,23 @@ class CrossbarOp(IRDLOperation):
             raise VerifyException(f"xbar.crossbar: adc_mode must be one of {ADC_MODES}, got {self.adc_mode.data!r}")
         if _int(self.lossless) not in (0, 1):
             raise VerifyException("xbar.crossbar: lossless must be 0 or 1")
-        rt = self.row_table_array()
-        if np.any(rt < -1):
-            raise VerifyException("xbar.crossbar: row_table entries must be >= -1")
         for f in ("chip", "tile", "ima"):
             a = getattr(self, f)
             if a is not None and _int(a) < 0:
                 raise VerifyException(f"xbar.crossbar: {f} must be >= 0")
+        rt = _view(self.row_table, "<i4")
+        lo, hi = int(rt.min()), int(rt.max())
+        if lo < -1:
+            raise VerifyException("xbar.crossbar: row_table entries must be >= -1")
         layer = self.parent_op()
         if layer is not None and not isinstance(layer, LayerOp):
             raise VerifyException(f"xbar.crossbar: must be inside an xbar.layer, not {layer.name}")
         if isinstance(layer, LayerOp):
-            if np.any(rt >= layer.k):
+            if hi >= layer.k:
                 raise VerifyException(f"xbar.crossbar: row_table entry >= K = {layer.k}")
             if layer.cell_bits is not None:
                 m = (1 << _int(layer.cell_bits)) - 1
-                if int(self.image_array().max(initial=0)) > m:
+                if int(self.image_array().max()) > m:
                     raise VerifyException(f"xbar.crossbar: a cell value exceeds 2^cell_bits - 1 = {m}")
             total = layer.columns
             limit = total if total is not None else 1 << 62
@@ -278,10 +322,8 @@ class CrossbarOp(IRDLOperation):
                 raise VerifyException(
                     f"xbar.crossbar: columns [{_int(self.col0)}, {_int(self.col0) + cols}) exceed the layer's {total}"
                 )
-            cm = self.colmap_array()
-            _check_colmap("xbar.crossbar", cm, cols, limit)
-            if np.any(cm[:, OUT] >= layer.n):
-                raise VerifyException(f"xbar.crossbar: colmap 'out' >= N = {layer.n}")
+            cm = _view(self.colmap, "<i8")
+            _check_colmap("xbar.crossbar", cm, cols, limit, layer.n)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -484,9 +526,7 @@ class LayerOp(IRDLOperation):
             if cells.size and int(cells.max()) > (1 << c) - 1:
                 raise VerifyException(f"{where}: a cell value exceeds 2^cell_bits - 1 = {(1 << c) - 1}")
             cm = numpy_from_dense(self.colmap)
-            _check_colmap(where, cm, cshape[1], cshape[1])
-            if np.any(cm[:, OUT] >= n):
-                raise VerifyException(f"{where}: colmap 'out' >= N = {n}")
+            _check_colmap(where, cm, cshape[1], cshape[1], n)
 
 
 XBAR = Dialect("xbar", [LayerOp, CrossbarOp], [])

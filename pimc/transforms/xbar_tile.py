@@ -19,8 +19,8 @@ from xdsl.dialects.builtin import ModuleOp
 
 from xdsl.passes import ModulePass
 
-from pimc.dialects.nn import dense_from_numpy, numpy_from_dense
-from pimc.dialects.xbar import ADC_MODES, FLIP, OUT, OUT_ALL, OUT_NONE, SIGN, UNIT, CrossbarOp, LayerOp, i64_attr
+from pimc.dialects.nn import numpy_from_dense
+from pimc.dialects.xbar import ADC_MODES, FLIP, OUT, OUT_ALL, OUT_NONE, SIGN, UNIT, CrossbarOp, LayerOp, dense, i64_attr
 from pimc.errors import PipelineError
 from pimc.transforms.xbar_bit_slice import config_or_default
 
@@ -113,11 +113,16 @@ def tile_layer(layer: LayerOp, rows: int, cols: int, adc_bits: int, adc_mode: st
     specs = plan_tiles(k, g, n // g, digits, has_unit, rows, cols)
 
     # drop crossbars that contribute nothing: all cells zero and no column with a correction term
-    keep = []
+    keep, images = [], []
     for sp in specs:
-        sub = cells[sp.r0 : sp.r1, sp.cols]
+        lo, hi = int(sp.cols[0]), int(sp.cols[-1]) + 1
+        if hi - lo == len(sp.cols):  # contiguous columns: a slice, not a gather
+            sub = cells[sp.r0 : sp.r1, lo:hi].copy()
+        else:
+            sub = np.ascontiguousarray(cells[sp.r0 : sp.r1, sp.cols])
         if sub.any() or np.any(smap[sp.cols, FLIP] > 0):
             keep.append(sp)
+            images.append(sub)
     specs = keep
 
     col0s = np.cumsum([0] + [len(sp.cols) for sp in specs])
@@ -129,8 +134,7 @@ def tile_layer(layer: LayerOp, rows: int, cols: int, adc_bits: int, adc_mode: st
     flip = bool(layer.int_prop("flip"))
     dmax = (1 << v) - 1
     out: list[CrossbarOp] = []
-    for sp, c0 in zip(specs, col0s):
-        image = np.ascontiguousarray(cells[sp.r0 : sp.r1, sp.cols])
+    for sp, c0, image in zip(specs, col0s, images):
         cmap = smap[sp.cols].copy()
         unit_cols = sp.cols == unit_stored
         if flip:
@@ -147,10 +151,10 @@ def tile_layer(layer: LayerOp, rows: int, cols: int, adc_bits: int, adc_mode: st
         row_table = np.arange(sp.r0, sp.r1, dtype=np.int32)
         out.append(
             CrossbarOp(
-                dense_from_numpy(image),
-                dense_from_numpy(row_table),
+                dense(image),
+                dense(row_table),
                 int(c0),
-                dense_from_numpy(cmap),
+                dense(cmap),
                 adc_bits,
                 adc_mode,
                 (1 << adc_bits) > max_sum,
