@@ -52,6 +52,7 @@ def graph_model(
     dynamic_batch: bool = True,
     input_types: dict[str, int] | None = None,
     output_types: dict[str, int] | None = None,
+    extra_opsets: dict[str, int] | None = None,
 ) -> onnx.ModelProto:
     """A model of ``nodes``; inputs {name: shape}, outputs {name: shape or None (inferred)}."""
     input_types = input_types or {}
@@ -63,7 +64,8 @@ def graph_model(
     inits = [numpy_helper.from_array(np.asarray(v), name=k) for k, v in (initializers or {}).items()]
     graph = helper.make_graph(nodes, "g", g_inputs, g_outputs, initializer=inits)
     ir = 8 if opset <= 18 else 10
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir)
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in (extra_opsets or {}).items()]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=ir)
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)  # fills the outputs' shapes
     for out, inf in zip(model.graph.output, inferred.graph.output):
         if not out.type.tensor_type.HasField("shape"):

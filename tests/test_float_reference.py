@@ -415,3 +415,64 @@ def test_generated_data_movement_chains(tmp_path, g, opset):
         cur = out
     nodes.append(N("Identity", [cur], ["y"]))
     _check(tmp_path, nodes, {"x": (1, c, h, w)}, inits, opset=opset, batch=2)
+
+
+def test_contrib_qoperator_ops(tmp_path):
+    """onnxruntime's com.microsoft QLinear ops (what its QOperator quantizer writes)."""
+    ms = "com.microsoft"
+    rng = np.random.default_rng(99)
+    s1, z1 = np.array(0.04, np.float32), np.array(110, np.uint8)
+    # scales whose ratios are not simple fractions: QLinearAdd rounds (a*sa + b*sb)/sc in its own
+    # float order, so exact .5 ties (e.g. sb/sc = 0.5) would be broken differently
+    s2, z2 = np.array(0.031, np.float32), np.array(120, np.uint8)
+    so, zo = np.array(0.057, np.float32), np.array(100, np.uint8)
+    inits = {"s1": s1, "z1": z1, "s2": s2, "z2": z2, "so": so, "zo": zo,
+             "cq": rng.integers(0, 255, (4, 1, 1)).astype(np.uint8), "w": rng.integers(-100, 100, (5, 8)).astype(np.int8),
+             "ws": np.array(0.01, np.float32), "wz": np.array(0, np.int8), "gb": rng.integers(-300, 300, 5).astype(np.int32)}  # fmt: skip
+    nodes = [
+        N("QuantizeLinear", ["x", "s1", "z1"], ["a"]),
+        N("QLinearSigmoid", ["a", "s1", "z1", "s2", "z2"], ["b"], domain=ms),
+        N("QLinearAdd", ["a", "s1", "z1", "b", "s2", "z2", "so", "zo"], ["c"], domain=ms),
+        N("QLinearMul", ["c", "so", "zo", "cq", "s2", "z2", "s1", "z1"], ["d"], domain=ms),
+        N("QLinearLeakyRelu", ["d", "s1", "z1", "s2", "z2"], ["e"], domain=ms, alpha=0.1),
+        N("QLinearConcat", ["so", "zo", "e", "s2", "z2", "a", "s1", "z1"], ["f"], domain=ms, axis=1),
+        N("QLinearGlobalAveragePool", ["f", "so", "zo", "s1", "z1"], ["g"], domain=ms),
+        N("DequantizeLinear", ["g", "s1", "z1"], ["gf"]),
+        N("Flatten", ["gf"], ["h"]),
+        N("QuantizeLinear", ["h", "s1", "z1"], ["hq"]),
+        N("QGemm", ["hq", "s1", "z1", "w", "ws", "wz", "gb", "so", "zo"], ["iq"], domain=ms, transB=1),
+        N("DequantizeLinear", ["iq", "so", "zo"], ["y"]),
+    ]
+    model = graph_model(nodes, {"x": (1, 4, 5, 5)}, {"y": ("N", 5)}, inits, opset=13, extra_opsets={ms: 1})
+    path = save(model, tmp_path)
+    _, ours, theirs = float_vs_ort(path, {"x": rng.standard_normal((16, 4, 5, 5)).astype(np.float32)})
+    diff = np.abs(ours["y"] - theirs[0]) / 0.057
+    assert diff.max() <= 1.0 + 1e-4 and np.mean(diff > 1e-3) < 0.05
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_onnxruntime_static_quantizer_output(tmp_path, fmt):
+    """The MNIST example quantized by onnxruntime's own static quantizer imports and runs."""
+    from pathlib import Path
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "mnist_cnn"
+    cal = np.load(root / "calib.npy")[:16].astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": cal[i : i + 1]} for i in range(len(cal))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = tmp_path / f"mnist_{fmt}.onnx"
+    quantize_static(root / "model.onnx", out, Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    x = np.load(root / "samples.npy")[:32].astype(np.float32)
+    _, ours, theirs = float_vs_ort(out, {"input": x})
+    got, want = list(ours.values())[0], theirs[0]
+    step = np.min(np.abs(np.diff(np.unique(want)))) if np.unique(want).size > 1 else 1.0  # the output LSB
+    assert np.abs(got - want).max() <= step * 1.0001
+    assert np.mean(np.argmax(got, 1) == np.argmax(want, 1)) >= 0.99

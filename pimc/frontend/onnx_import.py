@@ -57,6 +57,10 @@ SUPPORTED_OPS = (
     "Constant", "ConstantOfShape", "Shape", "Gather",
 )  # fmt: skip
 
+#: onnxruntime contrib ops (domain com.microsoft) written by its QOperator-format quantizer.
+CONTRIB_OPS = ("QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearConcat", "QLinearSigmoid",
+               "QLinearLeakyRelu")  # fmt: skip
+
 _INT_TYPES = {
     TensorProto.UINT8: (8, False),
     TensorProto.INT8: (8, True),
@@ -260,7 +264,9 @@ class _Importer:
         n = len(self.problems)
         lines = [f"{self.path}: {n} unsupported node{'s' if n > 1 else ''}:"]
         lines += [f"  - {p}" for p in self.problems]
-        lines.append(f"supported operators: {', '.join(SUPPORTED_OPS)} (see spec/operators.md)")
+        lines.append(
+            f"supported operators: {', '.join(SUPPORTED_OPS)}; com.microsoft: {', '.join(CONTRIB_OPS)} (see spec/operators.md)"
+        )
         return "\n".join(lines)
 
     # ----------------------------------------------------------------------------------- inputs
@@ -355,9 +361,8 @@ class _Importer:
         if any(i in self.poisoned for i in node.input if i):
             # downstream of an unsupported node: shapes are unknown, but an unknown operator is
             # still worth reporting now rather than after the user fixes the first one
-            if getattr(self, f"_op_{node.op_type}", None) is None or node.domain not in ("", "ai.onnx"):
-                if node.op_type not in SUPPORTED_OPS:
-                    self.problems.append(f"{_node_label(node)}: operator {node.op_type} is not supported")
+            if self._handler(node) is None:
+                self.problems.append(f"{_node_label(node)}: {self._unknown_op(node)}")
             self.poisoned.update(o for o in node.output if o)
             return
         ins = [i for i in node.input]
@@ -369,10 +374,9 @@ class _Importer:
             if node.op_type == "Shape" and node.input[0] in self.env:
                 self._fold_shape(node)
                 return
-            handler = getattr(self, f"_op_{node.op_type}", None)
-            if handler is None or node.domain not in ("", "ai.onnx"):
-                dom = f" of domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
-                raise Unsupported(f"operator {node.op_type}{dom} is not supported")
+            handler = self._handler(node)
+            if handler is None:
+                raise Unsupported(self._unknown_op(node))
             missing = [i for i in ins if i and i not in self.env and i not in self.consts]
             if missing:
                 raise Unsupported(f"input '{missing[0]}' is not produced by any earlier node")
@@ -380,6 +384,16 @@ class _Importer:
         except Unsupported as err:
             self.problems.append(f"{_node_label(node)}: {err}")
             self.poisoned.update(o for o in node.output if o)
+
+    def _handler(self, node: onnx.NodeProto):
+        if node.domain in ("", "ai.onnx") or (node.domain == "com.microsoft" and node.op_type in CONTRIB_OPS):
+            return getattr(self, f"_op_{node.op_type}", None)
+        return None
+
+    @staticmethod
+    def _unknown_op(node: onnx.NodeProto) -> str:
+        dom = f" of domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
+        return f"operator {node.op_type}{dom} is not supported"
 
     def _live_nodes(self) -> list[onnx.NodeProto]:
         """Nodes that contribute to a graph output (dead nodes are neither imported nor reported)."""
@@ -1063,6 +1077,102 @@ class _Importer:
         wz = self._const(node, 3, "weight zero point")
         wf = self._dequant_weight(w, 1.0 / x.q.scale, wz, 1)
         self._gemm(node, Val(x.ssa, x.shape), wf.astype(np.float32), None)
+
+
+def _contrib_handlers():
+    """QOperator ops of onnxruntime's contrib domain: real-valued float op + quantize/dequantize."""
+
+    def _q_operand(self, node, k: int) -> tuple[str, np.ndarray | None]:
+        """Input k of a QLinear op as a runtime tensor name (checked against its scale/zp at
+        k+1, k+2), or a dequantized constant."""
+        name = node.input[k]
+        if name in self.consts:
+            return name, self._dequant_weight(self.consts[name], self._const(node, k + 1, "scale"), self._const(node, k + 2, "zero point"), 0)
+        self._check_in_q(node, self.env[name], k + 1, k + 2)
+        return name, None
+
+    def _binary_q(self, node, cls):
+        names = []
+        for k in (0, 3):
+            name, const = _q_operand(self, node, k)
+            if const is not None:
+                name = f"\0const{k}:{node.output[0]}"
+                self.consts[name] = const.astype(np.float32)
+            names.append(name)
+        q_out = self._qparams(node, 6, 7)
+        op, shape = self._binary(node, cls, names[0], names[1])
+        self._set_layer(node, op, shape, q_out)
+
+    def _op_QLinearAdd(self, node, a):
+        _binary_q(self, node, nn.AddOp)
+
+    def _op_QLinearMul(self, node, a):
+        _binary_q(self, node, nn.MulOp)
+
+    def _op_QGemm(self, node, a):
+        x = self._val(node, 0)
+        self._check_in_q(node, x, 1, 2)
+        if a.get("transA", 0):
+            raise Unsupported("attribute transA=1; supported: transA=0")
+        w = self._dequant_weight(self._const(node, 3, "weight B"), self._const(node, 4, "weight scale"),
+                                 self._const(node, 5, "weight zero point"), 0 if a.get("transB", 0) else 1)  # fmt: skip
+        if a.get("transB", 0):
+            w = w.T
+        alpha = float(a.get("alpha", 1.0))
+        c = self._const(node, 6, "bias C")
+        bias = None
+        if c is not None:
+            ws = np.asarray(self._const(node, 4, "weight scale"), np.float64).reshape(-1)
+            c = np.asarray(c, np.float64).reshape(-1) * x.q.scale * ws
+            bias = np.broadcast_to(c, (w.shape[1],)).astype(np.float32)
+        q_out = self._qparams(node, 7, 8) if len(node.input) > 7 and node.input[7] else None
+        self._gemm(node, Val(x.ssa, x.shape), (w * alpha).astype(np.float32), bias, q_out)
+
+    def _op_QLinearGlobalAveragePool(self, node, a):
+        if a.get("channels_last", 0):
+            raise Unsupported("attribute channels_last=1; supported: 0 (NCHW)")
+        x = self._val(node, 0)
+        self._check_in_q(node, x, 1, 2)
+        if len(x.shape) != 4:
+            raise Unsupported(f"input {_shape_text(x.shape)}; supported: NCHW")
+        shape = (-1, x.shape[1], 1, 1)
+        op = self._emit(nn.GlobalAvgPoolOp(x.ssa, tensor_type(shape)), self._name(node))
+        self._set_layer(node, op, shape, self._qparams(node, 3, 4))
+
+    def _unary_q(self, node, cls, props):
+        x = self._val(node, 0)
+        self._check_in_q(node, x, 1, 2)
+        op = self._emit(cls(x.ssa, tensor_type(x.shape), props), self._name(node))
+        self._set_layer(node, op, x.shape, self._qparams(node, 3, 4))
+
+    def _op_QLinearSigmoid(self, node, a):
+        _unary_q(self, node, nn.SigmoidOp, {})
+
+    def _op_QLinearLeakyRelu(self, node, a):
+        _unary_q(self, node, nn.LeakyReluOp, {"alpha": self._float_attr(a.get("alpha", 0.01))})
+
+    def _op_QLinearConcat(self, node, a):
+        q_out = self._qparams(node, 0, 1)
+        vals = []
+        for k in range(2, len(node.input), 3):
+            x = self._val(node, k)
+            self._check_in_q(node, x, k + 1, k + 2)
+            vals.append(x)
+        rank = len(vals[0].shape)
+        axis = int(a["axis"]) % rank
+        if axis == 0:
+            raise Unsupported("attribute axis=0 concatenates along the batch; supported: axis >= 1")
+        shape = list(vals[0].shape)
+        shape[axis] = sum(v.shape[axis] for v in vals)
+        op = self._emit(nn.ConcatOp([v.ssa for v in vals], tensor_type(shape), axis), self._name(node))
+        self._set_layer(node, op, shape, q_out)
+
+    for fn in (_op_QLinearAdd, _op_QLinearMul, _op_QGemm, _op_QLinearGlobalAveragePool, _op_QLinearSigmoid,
+               _op_QLinearLeakyRelu, _op_QLinearConcat):  # fmt: skip
+        setattr(_Importer, fn.__name__, fn)
+
+
+_contrib_handlers()
 
 
 class _NodeView:
