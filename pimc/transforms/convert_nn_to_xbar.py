@@ -43,8 +43,8 @@ def _layer_name(op: Operation, fallback: str) -> str:
 
 
 def weight_matrix(op: nn.Conv2dOp | nn.GemmOp) -> np.ndarray:
-    """The im2col weight matrix [K, N] of a layer (block-diagonal over groups), int64."""
-    w = numpy_from_dense(op.weight).astype(np.int64)
+    """The im2col weight matrix [K, N] of a layer (block-diagonal over groups), in the weight's dtype."""
+    w = numpy_from_dense(op.weight)
     if isinstance(op, nn.GemmOp):
         return w
     cout, cg, kh, kw = w.shape
@@ -53,7 +53,7 @@ def weight_matrix(op: nn.Conv2dOp | nn.GemmOp) -> np.ndarray:
     blocks = w.reshape(g, ng, kg).transpose(0, 2, 1)  # [G, Kg, Ng]
     if g == 1:
         return np.ascontiguousarray(blocks[0])
-    full = np.zeros((g, kg, g, ng), dtype=np.int64)
+    full = np.zeros((g, kg, g, ng), dtype=w.dtype)
     idx = np.arange(g)
     full[idx, :, idx, :] = blocks
     return full.reshape(g * kg, g * ng)
@@ -74,6 +74,8 @@ def convert_layer(op: nn.Conv2dOp | nn.GemmOp, weight_bits: int, name: str) -> L
         )
     w = weight_matrix(op)
     lim = 1 << (weight_bits - 1)
+    if not np.issubdtype(w.dtype, np.signedinteger):
+        raise ModelError(f"layer '{name}': integer weights must be signed, got {w.dtype}")
     if w.size and (int(w.min()) < -lim or int(w.max()) > lim - 1):
         raise ModelError(
             f"layer '{name}': weights span [{int(w.min())}, {int(w.max())}], which does not fit {weight_bits}-bit "
@@ -103,14 +105,14 @@ def convert_layer(op: nn.Conv2dOp | nn.GemmOp, weight_bits: int, name: str) -> L
     if op.bias is not None:
         bias = numpy_from_dense(op.bias).astype(np.int64)
     else:  # no bias: the zero-point term alone
-        bias = -in_t.zero_point.data * w.sum(axis=0)
+        bias = -in_t.zero_point.data * w.sum(axis=0, dtype=np.int64)
 
     def i64_dense(a: DenseIntOrFPElementsAttr) -> DenseIntOrFPElementsAttr:
         return dense_from_numpy(numpy_from_dense(a).astype(np.int64))
 
     props = {
         **geometry,
-        "weight": dense_from_numpy(w.astype(wdtype)),
+        "weight": dense_from_numpy(w.astype(wdtype, copy=False)),
         "bias": dense_from_numpy(bias.reshape(n)),
         "requant_multiplier": i64_dense(op.requant_multiplier),
         "requant_shift": i64_dense(op.requant_shift),

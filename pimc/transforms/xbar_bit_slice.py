@@ -53,46 +53,42 @@ def slice_matrix(
     """
     b, c = weight_bits, cell_bits
     k, n = w.shape
-    wide = np.int32 if b <= 15 else np.int64
+    wide = np.int16 if b <= 14 else np.int32  # w + 2^(b-1) and |w| must fit
     w = np.asarray(w).astype(wide, copy=False)
-    outs = np.arange(n, dtype=np.int64)
     if scheme == "offset":
-        d = -(-b // c)
-        cells = np.empty((k, n, d), dtype=np.uint8)
-        _digits(w + (1 << (b - 1)), d, c, cells)
-        shift = np.broadcast_to(np.arange(d) * c, (n, d))
-        sign = np.ones((n, d), dtype=np.int64)
-        has_unit = True
+        d, has_unit = -(-b // c), True
     elif scheme == "differential":
         m = magnitude_bits(w, b)
         dm = -(-m // c)
-        d = 2 * dm
-        cells = np.empty((k, n, 2, dm), dtype=np.uint8)
-        _digits(np.maximum(w, 0), dm, c, cells[:, :, 0])
-        _digits(np.maximum(-w, 0), dm, c, cells[:, :, 1])
-        cells = cells.reshape(k, n, d)
-        shift = np.broadcast_to(np.tile(np.arange(dm) * c, 2), (n, d))
-        sign = np.broadcast_to(np.repeat(np.array([1, -1], dtype=np.int64), dm), (n, d))
-        has_unit = flip
+        d, has_unit = 2 * dm, flip
     elif scheme == "twos":
         dl = -(-(b - 1) // c)
-        d = dl + 1
-        cells = np.empty((k, n, d), dtype=np.uint8)
-        _digits(w & ((1 << (b - 1)) - 1), dl, c, cells[:, :, :dl])
-        cells[:, :, dl] = (w < 0).astype(np.uint8)
-        shift = np.broadcast_to(np.append(np.arange(dl) * c, b - 1), (n, d))
-        sign = np.broadcast_to(np.append(np.ones(dl, dtype=np.int64), -1), (n, d))
-        has_unit = flip
+        d, has_unit = dl + 1, flip
     else:
         raise PipelineError(f"xbar-bit-slice: unknown scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
-
     s = n * d + int(has_unit)
-    colmap = np.zeros((s, 5), dtype=np.int64)
-    colmap[: n * d, 0] = np.repeat(outs, d)
-    colmap[: n * d, 1] = shift.reshape(-1)
-    colmap[: n * d, 2] = sign.reshape(-1)
     stored = np.empty((k, s), dtype=np.uint8)
-    stored[:, : n * d] = cells.reshape(k, n * d)
+    cells = stored[:, : n * d].reshape(k, n, d)  # a view: digits are written in place
+    assert np.may_share_memory(cells, stored)
+    if scheme == "offset":
+        _digits(w + wide(1 << (b - 1)), d, c, cells)
+        shift = np.arange(d) * c
+        sign = np.ones(d, dtype=np.int64)
+    elif scheme == "differential":
+        _digits(np.maximum(w, 0), dm, c, cells[:, :, :dm])
+        _digits(np.maximum(-w, 0), dm, c, cells[:, :, dm:])
+        shift = np.tile(np.arange(dm) * c, 2)
+        sign = np.repeat(np.array([1, -1], dtype=np.int64), dm)
+    else:
+        _digits(w & wide((1 << (b - 1)) - 1), dl, c, cells[:, :, :dl])
+        cells[:, :, dl] = w < 0
+        shift = np.append(np.arange(dl) * c, b - 1)
+        sign = np.append(np.ones(dl, dtype=np.int64), -1)
+
+    colmap = np.zeros((s, 5), dtype=np.int64)
+    colmap[: n * d, 0] = np.repeat(np.arange(n, dtype=np.int64), d)
+    colmap[: n * d, 1] = np.tile(shift, n)
+    colmap[: n * d, 2] = np.tile(sign, n)
     if has_unit:
         stored[:, -1] = 1
         unit = s - 1
