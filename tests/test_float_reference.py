@@ -476,3 +476,17 @@ def test_onnxruntime_static_quantizer_output(tmp_path, fmt):
     step = np.min(np.abs(np.diff(np.unique(want)))) if np.unique(want).size > 1 else 1.0  # the output LSB
     assert np.abs(got - want).max() <= step * 1.0001
     assert np.mean(np.argmax(got, 1) == np.argmax(want, 1)) >= 0.99
+
+
+def test_uint8_model_input_dequantized(tmp_path):
+    """A model that takes raw uint8 pixels and dequantizes them itself."""
+    nodes = [N("DequantizeLinear", ["x", "s", "z"], ["xf"]), N("Conv", ["xf", "w"], ["y"])]
+    inits = {"s": np.array(1 / 255, np.float32), "z": np.array(16, np.uint8), "w": _r(2, 3, 3, 3)}
+    model = graph_model(nodes, {"x": (1, 3, 6, 6)}, ["y"], inits, opset=13, input_types={"x": TensorProto.UINT8})
+    path = save(model, tmp_path)
+    x = np.random.default_rng(3).integers(0, 256, (2, 3, 6, 6)).astype(np.uint8)
+    from pimc.frontend.onnx_import import import_onnx
+    from pimc.reference.float_ref import run_float
+
+    got = run_float(import_onnx(path), {"x": x})["y"]
+    assert rel_err(got, ort_run(path, {"x": x})[0]) <= TOL

@@ -1006,12 +1006,25 @@ class _Importer:
         q = self._qparams(node, 1, 2)
         if x.q is None:
             raise Unsupported("DequantizeLinear of a float tensor")
-        if (q.scale, q.zero_point) != (x.q.scale, x.q.zero_point):
-            raise Unsupported(
-                f"scale/zero point ({q.scale}, {q.zero_point}) differ from those the tensor was quantized with "
-                f"({x.q.scale}, {x.q.zero_point}); supported: matching QuantizeLinear/DequantizeLinear pairs"
-            )
-        self.env[node.output[0]] = Val(x.ssa, x.shape, None)
+        if (q.scale, q.zero_point) == (x.q.scale, x.q.zero_point):
+            self.env[node.output[0]] = Val(x.ssa, x.shape, None)
+            return
+        # other parameters than the tensor's own (e.g. a raw uint8 model input, whose codes are
+        # its values): real' = s' (code - z') with code = real / s + z, an affine map
+        gain = q.scale / x.q.scale
+        shift = q.scale * (x.q.zero_point - q.zero_point)
+        name, cur = self._name(node), x.ssa
+        if gain != 1.0:
+            k = self._emit(nn.ConstantOp(np.array(gain, np.float32)), f"{name}/scale")
+            cur = self._emit(nn.MulOp(cur, k.results[0], tensor_type(x.shape)), f"{name}/mul").results[0]
+        if shift != 0.0:
+            k = self._emit(nn.ConstantOp(np.array(shift, np.float32)), f"{name}/shift")
+            cur = self._emit(nn.AddOp(cur, k.results[0], tensor_type(x.shape)), f"{name}/add").results[0]
+        if cur is x.ssa:
+            self.env[node.output[0]] = Val(x.ssa, x.shape, None)
+        else:
+            self.env[node.output[0]] = Val(cur, x.shape, None)
+            self.producer[node.output[0]] = cur.owner
 
     def _check_in_q(self, node, x: Val, k_scale: int, k_zp: int) -> None:
         q = self._qparams(node, k_scale, k_zp)
