@@ -184,3 +184,33 @@ def quantize_onnx(model: onnx.ModelProto, calib: dict[str, np.ndarray], **kw):
         onnx.save(model, path)
         module = import_onnx(path)
     return quantize_module(module, calib, **kw)
+
+
+def compare_per_op(module_q, inputs: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    """Every op checked on its own against onnxruntime (graph optimizations off), fed with the
+    integer reference's input codes: {op name: [equal, total, worst LSB]} summed over ops."""
+    from pimc.quant.calibrate import main_func
+    from pimc.quant.qdq_export import export_qdq_isolated
+    from pimc.reference.int_ref import run_int_codes
+
+    codes = run_int_codes(module_q, inputs)
+    model, exposed, fed = export_qdq_isolated(module_q)
+    sess = ort_session(model, optimize=False)
+    feeds = dict(inputs)
+    for value, name in fed.items():
+        feeds[name] = codes[value].astype(sess_dtype(sess, name))
+    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    stats: dict[str, list[int]] = {}
+    for op in main_func(module_q).body.block.ops:
+        if op.results and op.results[0] in exposed:
+            d = np.abs(codes[op.results[0]] - outs[exposed[op.results[0]]].astype(np.int64))
+            s = stats.setdefault(op.name, [0, 0, 0])
+            s[0] += int((d == 0).sum())
+            s[1] += d.size
+            s[2] = max(s[2], int(d.max(initial=0)))
+    return stats
+
+
+def sess_dtype(sess, name: str):
+    kind = next(i.type for i in sess.get_inputs() if i.name == name)
+    return {"tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(int8)": np.int8, "tensor(int16)": np.int16}[kind]

@@ -37,6 +37,11 @@ class _Exporter:
         self.names: dict[SSAValue, str] = {}  # quantized value -> tensor of its codes
         self.dq_names: dict[SSAValue, str] = {}  # quantized value -> its DequantizeLinear output
         self.counter = 0
+        # isolate: every op reads its quantized operands from graph inputs (fed with reference
+        # codes) instead of from the upstream QuantizeLinear, so each op is checked on its own
+        self.isolate = False
+        self.fed: dict[SSAValue, str] = {}
+        self.fed_inputs: list[onnx.ValueInfoProto] = []
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -74,7 +79,15 @@ class _Exporter:
             qt = nn.element_of(value)
             assert isinstance(qt, QuantType)
             s, z = self.qparams(qt)
-            self.dq_names[value] = self.node("DequantizeLinear", [self.names[value], s, z], "dq")
+            src = self.names[value]
+            if self.isolate and not isinstance(value.owner, nn.ConstantOp):
+                if value not in self.fed:
+                    self.fed[value] = self.fresh("fed")
+                    elem = helper.np_dtype_to_tensor_dtype(np.dtype(self.storage(qt)))
+                    shape = ["N"] + [int(d) for d in nn.shape_of(value)[1:]]
+                    self.fed_inputs.append(helper.make_tensor_value_info(self.fed[value], elem, shape))
+                src = self.fed[value]
+            self.dq_names[value] = self.node("DequantizeLinear", [src, s, z], "dq")
         return self.dq_names[value]
 
     def q(self, value: SSAValue, real: str, lo: int | None = None, hi: int | None = None) -> None:
@@ -115,7 +128,7 @@ class _Exporter:
                     outputs.append(helper.make_tensor_value_info(name, elem, ["N"] + [int(d) for d in nn.shape_of(v)[1:]]))
                 continue
             self.op(op)
-        graph = helper.make_graph(self.nodes, "pimc_qdq", inputs, outputs, self.inits)
+        graph = helper.make_graph(self.nodes, "pimc_qdq", inputs + self.fed_inputs, outputs, self.inits)
         model = helper.make_model(
             graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="pimc", producer_version="0.1"
         )
@@ -290,6 +303,29 @@ def _onnx_pads(pads: tuple[int, ...]) -> list[int]:
     return [int(p) for p in pads]
 
 
+def export_qdq_isolated(module_q: ModuleOp) -> tuple[onnx.ModelProto, dict[SSAValue, str], dict[SSAValue, str]]:
+    """A QDQ model in which every op is evaluated on its own: each quantized operand is a graph
+    input (to be fed with the integer reference's codes) and each op's output codes are a graph
+    output. Returns ``(model, {value: output name}, {value: input name})``. With it onnxruntime
+    checks every operator's integer semantics on identical inputs, free of the propagation of
+    earlier 1-LSB differences through deep networks."""
+    exporter = _Exporter(main_func(module_q))
+    exporter.isolate = True
+    model = exporter.run()
+    outputs = {o.name for o in model.graph.output}
+    exposed = {}
+    for value, name in exporter.names.items():
+        qt = nn.element_of(value) if hasattr(value.type, "element_type") else None
+        if isinstance(qt, QuantType) and name not in outputs and not isinstance(value.owner, nn.ConstantOp):
+            elem = helper.np_dtype_to_tensor_dtype(np.dtype(_Exporter.storage(qt)))
+            shape = ["N"] + [int(d) for d in nn.shape_of(value)[1:]]
+            model.graph.output.append(helper.make_tensor_value_info(name, elem, shape))
+            outputs.add(name)
+            exposed[value] = name
+    onnx.checker.check_model(model)
+    return model, exposed, dict(exporter.fed)
+
+
 def export_qdq(
     module_q: ModuleOp, float_model_path: str | Path | None = None, expose_codes: bool = False
 ) -> onnx.ModelProto | tuple[onnx.ModelProto, dict[SSAValue, str]]:
@@ -320,5 +356,5 @@ def export_qdq(
     return model
 
 
-__all__ = ["export_qdq"]
+__all__ = ["export_qdq", "export_qdq_isolated"]
 _ = (IntegerAttr,)
