@@ -244,3 +244,36 @@ def test_filecheck(case):
 
 
 _ = (Builtin, attach_config, run_int_codes)
+
+
+@pytest.mark.parametrize(
+    "pipeline",
+    [
+        None,
+        'convert-nn-to-xbar,xbar-bit-slice{cell-bits=1 scheme="twos" order="msb"},xbar-tile{rows=64 cols=32},xbar-place,convert-xbar-to-isa',
+        'convert-nn-to-xbar,xbar-bit-slice{cell-bits=3 dac-bits=2 scheme="differential"},xbar-tile{rows=100},xbar-place,convert-xbar-to-isa',
+    ],
+    ids=["default", "twos-c1-msb-64x32", "diff-c3-v2-100rows"],
+)
+def test_compiled_example_simulates_bit_exactly_on_ideal8(pipeline):
+    """The MNIST example through the whole compiler, run by the simulator on the lossless machine,
+    equals the integer reference of the same quantized network, code for code."""
+    from pimc.commands.simulate import compile_with_module
+    from runtime.executor import run_program
+
+    quant = {"calibration": str(ROOT / "examples" / "mnist_cnn" / "calib.npy")}
+    program, module_q = compile_with_module(
+        str(ROOT / "examples" / "mnist_cnn" / "model.onnx"), pipeline, (), "ideal8", (), quant
+    )
+    x = np.load(ROOT / "examples" / "mnist_cnn" / "samples.npy")
+    name = program.inputs[0].name
+    want = run_int(module_q, {name: x})
+    got, _ = run_program(program, {name: x})
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    # the embedded machine is the one the pass options mapped to
+    xb = program.config["crossbar"]
+    geometry = {"default": (2, 1, 128, 128), "twos-c1-msb-64x32": (1, 1, 64, 32), "diff-c3-v2-100rows": (3, 2, 100, 128)}
+    case = "default" if pipeline is None else "twos-c1-msb-64x32" if "twos" in pipeline else "diff-c3-v2-100rows"
+    assert (xb["cell_bits"], xb["dac_bits"], xb["rows"], xb["cols"]) == geometry[case]

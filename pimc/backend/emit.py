@@ -16,8 +16,33 @@ from pimc.dialects import isa
 from runtime.model import Buffer, Const, Instr, Port, Program, Xbar
 
 
+def machine_config(module: ModuleOp, cfg: dict) -> dict:
+    """``cfg`` with the crossbar geometry the mapping used (``pimc.crossbar``, recorded by
+    convert-xbar-to-isa): pass options such as ``xbar-bit-slice{cell-bits=3}`` define the machine
+    the program runs on, so its embedded configuration must say 3-bit cells."""
+    import json
+
+    from xdsl.dialects.builtin import StringAttr
+
+    from pimc.transforms.convert_xbar_to_isa import GEOMETRY_ATTR
+    from runtime.hwconfig import validate
+
+    attr = module.attributes.get(GEOMETRY_ATTR)
+    if not isinstance(attr, StringAttr):
+        return cfg
+    geometry = {k: v for k, v in json.loads(attr.data).items() if v and cfg["crossbar"].get(k) != v}
+    if not geometry:
+        return cfg
+    changed = {**cfg, "crossbar": {**cfg["crossbar"], **geometry}}
+    shown = ", ".join(f"crossbar.{k} = {v}" for k, v in sorted(geometry.items()))
+    return validate(changed, f"the configuration with the mapping's {shown}")
+
+
 def emit_program(module: ModuleOp, cfg: dict | None = None) -> Program:
-    """The program held by an isa-level module; ``cfg`` defaults to the module's ``pimc.hw``."""
+    """The program held by an isa-level module; ``cfg`` defaults to the module's ``pimc.hw``.
+
+    The embedded configuration is ``cfg`` with the crossbar geometry the mapping used
+    (``machine_config``)."""
     from runtime.errors import ProgramError
     from runtime.opcodes import validate_program
 
@@ -25,7 +50,7 @@ def emit_program(module: ModuleOp, cfg: dict | None = None) -> Program:
         from pimc.hw import config_of
 
         cfg = config_of(module)
-    program = Program(config=cfg)
+    program = Program(config=machine_config(module, cfg))
     layer = ""
     for op in module.body.block.ops:
         if not isinstance(op, isa.IsaOp):

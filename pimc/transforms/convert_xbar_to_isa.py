@@ -19,6 +19,7 @@ declarations (constants, crossbars, buffers), ports, then the instructions and a
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -522,11 +523,35 @@ _DIGITAL: tuple[tuple[type[Operation], str], ...] = (
 )
 
 
+#: module attribute: the crossbar geometry the mapping actually used (JSON), which pass options
+#: may have changed from the configuration (``xbar-bit-slice{cell-bits=1}``, ``xbar-tile{rows=64}``)
+GEOMETRY_ATTR = "pimc.crossbar"
+
+
+def mapped_geometry(fn: func.FuncOp) -> dict[str, int]:
+    """``crossbar.cell_bits / dac_bits / rows / cols`` of the machine the layers were mapped to
+    (the largest over layers, so every crossbar of the program fits it)."""
+    from pimc.dialects import xbar
+
+    layers = [op for op in fn.body.block.ops if isinstance(op, xbar.LayerOp) and op.xbar_rows is not None]
+    if not layers:
+        return {}
+    return {
+        "cell_bits": max(op.int_prop("cell_bits") or 0 for op in layers),
+        "dac_bits": max(op.int_prop("dac_bits") or 0 for op in layers),
+        "rows": max(op.int_prop("xbar_rows") or 0 for op in layers),
+        "cols": max(op.int_prop("xbar_cols") or 0 for op in layers),
+    }
+
+
 def convert_module(module: ModuleOp) -> ModuleOp:
     """Replaces ``func.func @main`` in ``module`` by the isa program (in place); returns it."""
     from pimc.quant.calibrate import main_func
 
     fn = main_func(module)
+    geometry = mapped_geometry(fn)
+    if geometry:
+        module.attributes[GEOMETRY_ATTR] = StringAttr(json.dumps(geometry, sort_keys=True))
     ops = Lowering(fn).run()
     fn.detach()
     fn.erase()
