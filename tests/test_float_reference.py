@@ -45,6 +45,12 @@ CASES = {
     "conv_same_upper": ([N("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER", strides=[2, 2])], {"x": (1, 4, 8, 10)}, {"w": _r(3, 4, 4, 3)}, 17),
     "conv_same_lower": ([N("Conv", ["x", "w"], ["y"], auto_pad="SAME_LOWER", strides=[2, 1])], {"x": (1, 4, 8, 10)}, {"w": _r(3, 4, 4, 2)}, 17),
     "conv_valid": ([N("Conv", ["x", "w"], ["y"], auto_pad="VALID", kernel_shape=[3, 3])], X4, {"w": _r(3, 4, 3, 3)}, 9),
+    "conv1d": ([N("Conv", ["x", "w", "b"], ["y"], pads=[2, 1], strides=[2], dilations=[2], group=2)], {"x": (1, 4, 17)},
+               {"w": _r(6, 2, 3), "b": _r(6)}, 13),  # fmt: skip
+    "conv1d_same_group": ([N("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER", group=4)], {"x": (1, 4, 9)}, {"w": _r(8, 1, 4)}, 13),
+    "maxpool1d_ceil": ([N("MaxPool", ["x"], ["y"], kernel_shape=[3], strides=[2], pads=[1, 0], ceil_mode=1)], {"x": (1, 3, 10)}, None, 13),
+    "avgpool1d": ([N("AveragePool", ["x"], ["y"], kernel_shape=[3], pads=[1, 1], count_include_pad=1)], {"x": (1, 3, 10)}, None, 13),
+    "global_avgpool1d": ([N("GlobalAveragePool", ["x"], ["y"])], {"x": (1, 3, 10)}, None, 13),
     "gemm_transb_alpha_beta": (
         [N("Gemm", ["x", "w", "c"], ["y"], transB=1, alpha=0.5, beta=2.0)], {"x": (1, 12)}, {"w": _r(7, 12), "c": _r(7)}, 11),
     "gemm_scalar_c": ([N("Gemm", ["x", "w", "c"], ["y"])], {"x": (1, 12)}, {"w": _r(12, 5), "c": np.array(0.3, np.float32)}, 13),

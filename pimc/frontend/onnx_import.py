@@ -61,6 +61,12 @@ SUPPORTED_OPS = (
 CONTRIB_OPS = ("QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearConcat", "QLinearSigmoid",
                "QLinearLeakyRelu")  # fmt: skip
 
+#: Ops imported on [N, C, 1, L] when their input is 1-D: (data input index, weight input index).
+_LIFT_1D = {
+    "Conv": (0, 1), "QLinearConv": (0, 3), "ConvInteger": (0, 1), "MaxPool": (0, None), "AveragePool": (0, None),
+    "GlobalAveragePool": (0, None), "GlobalMaxPool": (0, None),
+}  # fmt: skip
+
 _INT_TYPES = {
     TensorProto.UINT8: (8, False),
     TensorProto.INT8: (8, True),
@@ -380,7 +386,11 @@ class _Importer:
             missing = [i for i in ins if i and i not in self.env and i not in self.consts]
             if missing:
                 raise Unsupported(f"input '{missing[0]}' is not produced by any earlier node")
-            handler(node, attrs_of(node))
+            a = attrs_of(node)
+            if node.op_type in _LIFT_1D and self._is_1d(node):
+                self._via_2d(node, a, handler)
+            else:
+                handler(node, a)
         except Unsupported as err:
             self.problems.append(f"{_node_label(node)}: {err}")
             self.poisoned.update(o for o in node.output if o)
@@ -394,6 +404,46 @@ class _Importer:
     def _unknown_op(node: onnx.NodeProto) -> str:
         dom = f" of domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
         return f"operator {node.op_type}{dom} is not supported"
+
+    def _is_1d(self, node: onnx.NodeProto) -> bool:
+        x = self.env.get(node.input[_LIFT_1D[node.op_type][0]])
+        return x is not None and len(x.shape) == 3
+
+    def _via_2d(self, node: onnx.NodeProto, a: dict, handler) -> None:
+        """A 1-D conv/pool ([N, C, L]) as its 2-D form on [N, C, 1, L], reshaped back."""
+        data_k, weight_k = _LIFT_1D[node.op_type]
+        name = self._name(node)
+        x = self.env[node.input[data_k]]
+        inputs = list(node.input)
+        x2 = self._emit(nn.ReshapeOp(x.ssa, tensor_type((-1, x.shape[1], 1, x.shape[2]))), f"{name}/to2d")
+        tmp_in = f"\0{name}/x2d"
+        self.env[tmp_in] = Val(x2.results[0], (-1, x.shape[1], 1, x.shape[2]), x.q)
+        inputs[data_k] = tmp_in
+        if weight_k is not None and weight_k < len(inputs) and inputs[weight_k] in self.consts:
+            w = np.asarray(self.consts[inputs[weight_k]])
+            if w.ndim != 3:
+                raise Unsupported(f"weight of shape {list(w.shape)} for a 1-D input; supported: [Cout, Cin/group, k]")
+            tmp_w = f"\0{name}/w2d"
+            self.consts[tmp_w] = w[:, :, None, :]
+            inputs[weight_k] = tmp_w
+        a2 = dict(a)
+        for key, one in (("kernel_shape", 1), ("strides", 1), ("dilations", 1)):
+            if key in a:
+                a2[key] = [one] + list(a[key])
+        if "pads" in a:
+            p = list(a["pads"])
+            if len(p) != 2:
+                raise Unsupported(f"attribute pads={p}; supported: 2 values for 1-D")
+            a2["pads"] = [0, p[0], 0, p[1]]
+        tmp_out = f"\0{name}/y2d"
+        view = _NodeView(node, inputs)
+        view.output = [tmp_out] + list(node.output[1:])
+        view.name = name
+        handler(view, a2)
+        y = self.env[tmp_out]
+        shape = (-1, y.shape[1], y.shape[3])
+        r = self._emit(nn.ReshapeOp(y.ssa, tensor_type(shape)), f"{name}/to1d")
+        self._set(node, r, shape, y.q)
 
     def _live_nodes(self) -> list[onnx.NodeProto]:
         """Nodes that contribute to a graph output (dead nodes are neither imported nor reported)."""
@@ -1189,7 +1239,7 @@ _contrib_handlers()
 
 
 class _NodeView:
-    """A node seen with a different input list (for Sum's pairwise adds)."""
+    """A node seen with a different input list (Sum's pairwise adds, 1-D ops lifted to 2-D)."""
 
     def __init__(self, node: onnx.NodeProto, inputs: list[str]):
         self.input = inputs
