@@ -61,7 +61,7 @@ def emit_program(module: ModuleOp, cfg: dict | None = None) -> Program:
         if isinstance(op, isa.BufferDirective):
             program.buffers.append(Buffer(f["sym_name"], f["type"], list(f["shape"])))
         elif isinstance(op, isa.ConstDirective):
-            program.consts.append(Const(f["sym_name"], np.array(f["value"])))
+            program.consts.append(Const(f["sym_name"], np.asarray(f["value"])))  # a view of the IR bytes
         elif isinstance(op, isa.XbarDirective):
             program.xbars.append(Xbar(**f))
         elif isinstance(op, isa.InputDirective):
