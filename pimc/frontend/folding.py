@@ -123,9 +123,14 @@ class ConstantEvaluator:
             [helper.make_value_info(n, onnx.TypeProto()) for n in feeds],
             [helper.make_value_info(n, onnx.TypeProto()) for n in outs if n],
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
-        try:
-            results = ReferenceEvaluator(model).run(None, feeds)
-        except Exception as err:  # the reference evaluator raises many kinds
-            raise FoldError(f"constant evaluation failed: {err}") from None
-        return [np.asarray(r) for r in results]
+        errors = []
+        # the model's own opset first; the reference evaluator lacks some old versions of ops
+        # whose semantics did not change (e.g. DequantizeLinear-13), so retry with the newest
+        for opset in (self.opset, onnx.defs.onnx_opset_version()):
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+            try:
+                results = ReferenceEvaluator(model).run(None, feeds)
+                return [np.asarray(r) for r in results]
+            except Exception as err:  # the reference evaluator raises many kinds
+                errors.append(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        raise FoldError(f"constant evaluation failed: {errors[0]}")
