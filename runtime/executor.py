@@ -23,6 +23,10 @@ from runtime.model import DTYPES, FORMAT_VERSION, Buffer, Instr, Program
 from runtime.opcodes import OPCODES, canonical_fields, validate_program
 from runtime.report import build_report
 
+#: bytes of live buffers a batch chunk may take when no batch size is given (temporaries of the
+#: kernels come on top: the measured per-image peak is tripled to leave room for them)
+MEMORY_BUDGET = 1 << 30
+
 #: opcodes reserved by spec/isa.md §4 that this runtime does not implement
 RESERVED = ("mvm_et", "mvm_dq", "adc_cfg")
 
@@ -104,6 +108,50 @@ class Machine:
             if ins.opcode not in _DISPATCH:
                 raise ProgramError(f"instruction {i}: unknown opcode {ins.opcode!r}")
         self.flit_bits = int(self.cfg.get("router", {}).get("flit_bits", 32))
+        # last instruction touching each buffer: its array is freed after it (outputs are kept)
+        keep = {p.buf for p in program.outputs}
+        self.free_after: dict[int, list[str]] = {}
+        last: dict[str, int] = {}
+        for i, ins in enumerate(self.instrs):
+            op = OPCODES[ins.opcode]
+            if op.reserved:
+                continue
+            for f in op.fields:
+                v = ins.fields.get(f.name)
+                if f.kind in ("buf", "src") and v in self.buffers:
+                    last[v] = i
+                elif f.kind == "bufs":
+                    for b in v:
+                        last[b] = i
+        for name, i in last.items():
+            if name not in keep:
+                self.free_after.setdefault(i, []).append(name)
+        self.peak_bytes = 0
+        self.groups = self._fusable_groups(last)
+        self.layer_mats: dict[int, np.ndarray | None] = {}
+        self.nz_tables: dict[tuple[int, int], np.ndarray] = {}
+
+    def _fusable_groups(self, last: dict[str, int]) -> dict[int, tuple[list[int], int]]:
+        """Runs of mvms (same source, destination and width) whose column results only the next
+        shiftadd reads: on the fast path they run as one exact product (isa.md §6)."""
+        groups: dict[int, tuple[list[int], int]] = {}
+        ins, n, i = self.instrs, len(self.instrs), 0
+        while i < n:
+            if ins[i].opcode != "mvm":
+                i += 1
+                continue
+            f0 = ins[i].fields
+            j = i
+            while j < n and ins[j].opcode == "mvm" and all(ins[j].fields[k] == f0[k] for k in ("src", "dst", "bits")):
+                j += 1
+            if j < n and ins[j].opcode == "shiftadd" and ins[j].fields["src"] == f0["dst"] and last.get(f0["dst"]) == j:
+                spans = sorted((int(ins[k].fields["col0"]), self.xbars[int(ins[k].fields["xbar"])].cols) for k in range(i, j)
+                               if int(ins[k].fields["xbar"]) in self.xbars)
+                disjoint = len(spans) == j - i and all(a0 + w <= b0 for (a0, w), (b0, _) in zip(spans, spans[1:]))
+                if disjoint:
+                    groups[i] = (list(range(i, j)), j)
+            i = j
+        return groups
 
     # ------------------------------------------------------------------------------ storage
 
@@ -129,8 +177,11 @@ class Machine:
         except KeyError:
             raise ProgramError(f"instruction {self.pc} ({self.instr.opcode}) writes {name!r}, which is not a declared buffer") from None
 
-    def write(self, name: str, arr: np.ndarray) -> np.ndarray:
-        """Store a result in its declared buffer: shape and value range checked, declared type kept."""
+    def write(self, name: str, arr: np.ndarray, bounds: tuple[int, int] | None = None) -> np.ndarray:
+        """Store a result in its declared buffer: shape and value range checked, declared type kept.
+
+        ``bounds``: the result is known to lie in [lo, hi] (a clamp); only that is checked against
+        the buffer type, not every element."""
         b = self.decl(name)
         arr = np.asarray(arr)
         fixed = b.shape[1:] if b.shape[0] == -1 else b.shape
@@ -142,7 +193,13 @@ class Machine:
         dt = DTYPES[b.dtype]
         if arr.dtype != dt:
             lo, hi = D.type_range(dt)
-            if arr.size and (arr.min() < lo or arr.max() > hi):
+            if bounds is not None:
+                if bounds[0] < lo or bounds[1] > hi:
+                    raise ProgramError(
+                        f"instruction {self.pc} ({self.instr.opcode}) clamps to [{bounds[0]}, {bounds[1]}], "
+                        f"beyond the range of buffer {name!r} ({b.dtype})"
+                    )
+            elif arr.size and (arr.min() < lo or arr.max() > hi):
                 raise ProgramError(
                     f"instruction {self.pc} ({self.instr.opcode}) writes values in [{arr.min()}, {arr.max()}] "
                     f"to buffer {name!r} of type {b.dtype}"
@@ -176,10 +233,17 @@ class Machine:
         self.colhomes: dict[str, dict[int, tuple[int, int, int]]] = {}  # dst -> col0 -> (place.., xbar)
         for name, arr in feeds.items():
             self.env[name] = arr
-        for i, ins in enumerate(self.instrs):
+        i, n = 0, len(self.instrs)
+        while i < n:
+            ins = self.instrs[i]
             self.pc, self.instr = i, ins
             if ins.opcode == "halt":
                 break
+            if fast_path and i in self.groups and self._run_fused(i, stats):
+                last = self.groups[i][1]
+                self._after(last)
+                i = last + 1
+                continue
             out = _DISPATCH[ins.opcode](self, ins, fast_path)
             st = stats[i]
             if isinstance(out, tuple):
@@ -192,6 +256,85 @@ class Machine:
                 st.xbar = extra.get("xbar", st.xbar)
             else:
                 st.add(out)
+            self._after(i)
+            i += 1
+
+    def _after(self, i: int) -> None:
+        """Track peak memory and free the buffers whose last use was instruction i."""
+        live = sum(a.nbytes for a in self.env.values())
+        self.peak_bytes = max(self.peak_bytes, live)
+        for name in self.free_after.get(i, ()):
+            self.env.pop(name, None)
+            for key in [k for k in self.checked if k[0] == name]:
+                del self.checked[key]
+
+    def _run_fused(self, first: int, stats: list[InstrStats]) -> bool:
+        """A lossless layer's mvms and shiftadd as one exact product x @ W_eff, with the events the
+        instructions would count. False (nothing done) when it does not apply; then they run one by one."""
+        idx, sa = self.groups[first]
+        mv = [self.instrs[k] for k in idx]
+        f0 = mv[0].fields
+        src_name, cols_name = f0["src"], f0["dst"]
+        if cols_name in self.env or src_name not in self.env:
+            return False  # stale columns from an earlier use would survive the unfused path; errors go there too
+        bits = int(f0["bits"])
+        xbs = [self.xbars[int(ins.fields["xbar"])] for ins in mv]
+        for ins, xb in zip(mv, xbs):
+            dac = int(ins.fields["dac_bits"])
+            if not xb.provably_lossless(dac) or ins.fields["order"] not in ("lsb", "msb"):
+                return False
+        sa_ins = self.instrs[sa]
+        cdecl, odecl = self.buffers.get(cols_name), self.buffers.get(sa_ins.fields["dst"])
+        if cdecl is None or odecl is None or len(cdecl.shape) != 2 or len(odecl.shape) != 2 or int(sa_ins.fields["init"]) != 1:
+            return False
+        src = self.env[src_name]
+        src2d = src.reshape(-1, src.shape[-1]) if src.ndim != 2 else src
+        if first not in self.layer_mats:
+            colmap = self.consts.get(sa_ins.fields["colmap"])
+            if colmap is None:
+                return False
+            parts = [(xb, int(ins.fields["col0"])) for ins, xb in zip(mv, xbs)]
+            if any(c0 + xb.cols > cdecl.shape[1] for xb, c0 in parts):
+                return False
+            Wm = K.layer_matrix(parts, src2d.shape[1], cdecl.shape[1], colmap, odecl.shape[1])
+            self.layer_mats[first] = None if Wm is None else K.LayerMatrix(Wm)
+        lm = self.layer_mats[first]
+        if lm is None or lm.Wm.shape[0] != src2d.shape[1]:
+            return False
+        self.pc = first
+        K.check_codes(src2d, bits, f"mvm (instruction {first})")
+        acc = lm.apply(src2d, bits)
+        if acc is None:
+            return False
+        # the events of each mvm, exactly as the instruction counts them
+        P = src2d.shape[0]
+        self.colhomes[cols_name] = {}
+        per_dac: dict[int, np.ndarray] = {}
+        for k, ins, xb in zip(idx, mv, xbs):
+            self.pc, self.instr = k, ins
+            dac = int(ins.fields["dac_bits"])
+            T = _ceil_div(bits, dac)
+            if dac not in per_dac:
+                key = (bits, dac)
+                if key not in self.nz_tables:
+                    self.nz_tables[key] = K.digit_nonzero_table(bits, dac, T).astype(np.uint8)
+                per_dac[dac] = self.nz_tables[key][src2d].sum(axis=0, dtype=np.int64)  # non-zero digits per input element
+            ev = K.mvm_events(P, T, xb, int(per_dac[dac][xb.row_idx].sum()), src2d.dtype.itemsize)
+            place = self.place[xb.id]
+            ev.update(self._move(src_name, ev["buffer_read_bytes"], place))
+            if src_name not in self.homes:
+                self.homes[src_name] = place
+            psum_bytes = _ceil_div(max(((1 << bits) - 1) * xb.max_col_sum, 1).bit_length(), 8)
+            self.colhomes[cols_name][int(ins.fields["col0"])] = (place, xb.cols, psum_bytes, xb.id)
+            st = stats[k]
+            st.add(ev)
+            st.adc_by_bits[xb.adc_bits] = st.adc_by_bits.get(xb.adc_bits, 0) + ev["adc_conversions"]
+            st.path = "fast" if st.path in (None, "fast") else "mixed"
+            st.xbar = xb.id
+        self.pc, self.instr = sa, sa_ins
+        out = self.write(sa_ins.fields["dst"], acc)
+        stats[sa].add(self._shiftadd_events(sa_ins, cols_name, P, DTYPES[cdecl.dtype].itemsize, out.nbytes))
+        return True
 
     # ------------------------------------------------------------------ crossbar instructions
 
@@ -270,14 +413,17 @@ class Machine:
             dst = prev.astype(np.int64, copy=True)
         acc = K.shiftadd(src, colmap, decl.shape[1], dst)
         acc = self.write(dst_name, acc)
-        P = src.shape[0]
-        cm = np.asarray(colmap)
+        return self._shiftadd_events(ins, src_name, src.shape[0], src.dtype.itemsize, acc.nbytes)
+
+    def _shiftadd_events(self, ins: Instr, src_name: str, P: int, itemsize: int, out_nbytes: int) -> dict[str, int]:
+        dst_name = ins.fields["dst"]
+        cm = np.asarray(self.consts[ins.fields["colmap"]])
         active = int((cm[:, 0] != -2).sum()) if cm.size else 0
         events = {
             "shift_adds": P * active,
             "macs": P * int(_need(ins, "macs", self.pc)),
-            "buffer_read_bytes": P * active * src.dtype.itemsize,
-            "buffer_write_bytes": acc.nbytes,
+            "buffer_read_bytes": P * active * itemsize,
+            "buffer_write_bytes": out_nbytes,
         }
         # column results computed on other tiles travel to the tile of the layer's first crossbar
         parts = sorted(self.colhomes.get(src_name, {}).items())
@@ -326,7 +472,7 @@ class Machine:
             y = y.reshape(-1, *fixed)
         else:
             raise ProgramError(f"instruction {n} (requant): layout must be nchw or flat, got {layout!r}")
-        out = self.write(dst_name, np.ascontiguousarray(y))
+        out = self.write(dst_name, np.ascontiguousarray(y), bounds=(int(ins.fields["lo"]), int(ins.fields["hi"])))
         self._inherit(dst_name, [ins.fields["src"]])
         return {"digital_ops": out.size, "buffer_read_bytes": src.nbytes, "buffer_write_bytes": out.nbytes}
 
@@ -348,7 +494,8 @@ class Machine:
         return ev
 
     def _digital(self, ins: Instr, dst_name: str, result: np.ndarray, srcs: list[str]) -> dict[str, int]:
-        out = self.write(dst_name, result)
+        bounds = (int(ins.fields["lo"]), int(ins.fields["hi"])) if "lo" in ins.fields and "hi" in ins.fields else None
+        out = self.write(dst_name, result, bounds=bounds)
         read = sum(self.read(s).nbytes for s in srcs if s in self.env)
         ev = {"digital_ops": out.size, "buffer_read_bytes": read, "buffer_write_bytes": out.nbytes}
         for k, v in self._inherit(dst_name, [s for s in srcs if s in self.env]).items():
@@ -559,36 +706,45 @@ def run_program(
     """Run ``program`` on ``inputs`` (name -> [N, ...] arrays); returns (outputs, report).
 
     Outputs are float32 ``scale·(q − zp)`` in the model's layout. ``batch_size`` bounds how many
-    images are simulated at once (memory), not what the program accepts. ``fast_path=False``
+    images are simulated at once (memory), not what the program accepts; without it, chunks are
+    sized from the memory the first image needed (``MEMORY_BUDGET``). ``fast_path=False``
     forces the bit-level mvm everywhere (results and counters are identical, only slower).
     """
     m = Machine(program)
     B = check_inputs(program, inputs, m.buffers)
     if batch_size is not None and int(batch_size) < 1:
         raise RunInputError("batch size must be at least 1")
-    chunk = B if batch_size is None else min(B, int(batch_size))
     stats = [InstrStats(i, ins.opcode, ins.layer) for i, ins in enumerate(program.instrs)]
     outs: dict[str, list[np.ndarray]] = {p.name: [] for p in program.outputs}
     act_bits = (program.config or {}).get("precision", {}).get("act_bits")
-    starts = list(range(0, B, chunk))
-    bar = _progress(len(starts)) if progress and len(starts) > 1 else None
+    # without a batch size, one image runs first to measure the memory an image needs, then
+    # chunks are sized to stay within MEMORY_BUDGET bytes
+    chunk = 1 if batch_size is None else min(B, int(batch_size))
+    bar = _progress(B) if progress and B > 1 else None
     t0 = time.perf_counter()
     try:
         if bar is not None:
             bar[0].start()
-        for s in starts:
+        s = 0
+        while s < B:
+            n = min(chunk, B - s)
             feeds = {}
             for p in program.inputs:
                 dt = DTYPES[m.buffers[p.buf].dtype]
-                feeds[p.buf] = quantize_input(inputs[p.name][s : s + chunk], p.scale, p.zp, dt, act_bits)
+                feeds[p.buf] = quantize_input(inputs[p.name][s : s + n], p.scale, p.zp, dt, act_bits)
+            m.peak_bytes = 0
             m.run_chunk(feeds, stats, fast_path)
             for p in program.outputs:
                 if p.buf not in m.env:
                     raise ProgramError(f"output {p.name!r}: buffer {p.buf!r} was never written")
                 q = m.env[p.buf]
                 outs[p.name].append((float(p.scale) * (q.astype(np.float64) - p.zp)).astype(np.float32))
+            m.env = {}
+            if batch_size is None and s == 0:
+                chunk = int(max(1, min(B, MEMORY_BUDGET // max(m.peak_bytes * 3, 1))))
+            s += n
             if bar is not None:
-                bar[0].advance(bar[1])
+                bar[0].advance(bar[1], n)
     finally:
         if bar is not None:
             bar[0].stop()
@@ -601,6 +757,6 @@ def run_program(
 def _progress(total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 
-    prog = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
-    task = prog.add_task("chunks", total=total)
+    prog = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeElapsedColumn(), transient=True)
+    task = prog.add_task("images", total=total)
     return prog, task

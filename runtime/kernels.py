@@ -137,7 +137,7 @@ def _exact_matmul(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
     return a.astype(np.int64) @ b.astype(np.int64)
 
 
-def _digit_nonzero_table(bits: int, dac_bits: int, steps: int) -> np.ndarray:
+def digit_nonzero_table(bits: int, dac_bits: int, steps: int) -> np.ndarray:
     """For every code value, how many of its ``steps`` DAC digits are non-zero (``dac_ones``)."""
     v = np.arange(1 << bits, dtype=np.int64)
     mask = (1 << dac_bits) - 1
@@ -180,7 +180,7 @@ def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, f
         out = _exact_matmul(x, xb.cells, ((1 << bits) - 1) * xb.max_col_sum)
         if x.size:
             hist = np.bincount(x.ravel().astype(np.int64), minlength=1 << bits)
-            dac_ones = int(hist @ _digit_nonzero_table(bits, dac_bits, T))
+            dac_ones = int(hist @ digit_nonzero_table(bits, dac_bits, T))
         else:
             dac_ones = 0
     else:
@@ -197,15 +197,20 @@ def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, f
         # shift-and-add over the steps as one small float64 product: exact below 2^53
         weights = np.ldexp(1.0, np.arange(T) * dac_bits)
         assert ((1 << (T * dac_bits)) * max(plane_bound, 1)) < (1 << 53)
-        for p0 in range(0, P, block):
+        for p0 in range(0, P if xb.rows_used else 0, block):  # no used rows: every sum is 0
             xs = x[p0 : p0 + block].astype(small, copy=False)
             digits = (xs[None, :, :] >> shifts) & small.type(mask)  # [T, p, R]; the order does not change the sum
             dac_ones += int(np.count_nonzero(digits))
             s = digits.reshape(-1, xb.rows_used).astype(ftype) @ cells_f  # one BLAS call: [T·p, R] @ [R, C]
             a = _adc_float(s, xb, dac_bits).reshape(T, -1)
             out[p0 : p0 + block] = (weights @ a.astype(np.float64, copy=False)).reshape(-1, xb.cols).astype(np.int64)
+    return out, mvm_events(P, T, xb, dac_ones, src2d.dtype.itemsize)
+
+
+def mvm_events(P: int, T: int, xb: XbarInfo, dac_ones: int, itemsize: int) -> dict[str, int]:
+    """The events of one mvm over P iterations of T steps (isa.md §3.2)."""
     steps = P * T
-    events = {
+    return {
         "crossbar_reads": steps,
         "dac_activations": steps * xb.rows_used,
         "dac_ones": dac_ones,
@@ -213,21 +218,20 @@ def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, f
         "sample_holds": steps * xb.cols,
         "adc_conversions": steps * xb.cols,
         "shift_adds": steps * xb.cols,
-        "buffer_read_bytes": P * xb.rows_used * src2d.dtype.itemsize,
-        "bus_bytes": P * xb.rows_used * src2d.dtype.itemsize,  # tile buffer -> IMA input register
+        "buffer_read_bytes": P * xb.rows_used * itemsize,
+        "bus_bytes": P * xb.rows_used * itemsize,  # tile buffer -> IMA input register
     }
-    return out, events
 
 
 # ----------------------------------------------------------------------------------- shiftadd
 
 
-def shiftadd(src: np.ndarray, colmap: np.ndarray, n_out: int, dst: np.ndarray | None) -> np.ndarray:
-    """Accumulate column results into outputs (isa.md §3.3): int64, whole-array, exact."""
+def parse_colmap(colmap: np.ndarray, n_out: int, ncols: int):
+    """The checked columns (out, shift, sign, flip, unit) of a shiftadd column map (isa.md §3.3)."""
     if colmap.ndim != 2 or colmap.shape[1] != 5:
         raise ProgramError(f"shiftadd: column map must be [Ctot, 5], got {list(colmap.shape)}")
-    if colmap.shape[0] != src.shape[1]:
-        raise ProgramError(f"shiftadd: column map has {colmap.shape[0]} rows but the source has {src.shape[1]} columns")
+    if colmap.shape[0] != ncols:
+        raise ProgramError(f"shiftadd: column map has {colmap.shape[0]} rows but the source has {ncols} columns")
     cm = colmap.astype(np.int64)
     out, shift, sign, flip, unit = cm.T
     if cm.size:
@@ -237,8 +241,14 @@ def shiftadd(src: np.ndarray, colmap: np.ndarray, n_out: int, dst: np.ndarray | 
             raise ProgramError("shiftadd: column shifts must lie in [0, 62]")
         if not np.isin(sign, (-1, 1)).all():
             raise ProgramError("shiftadd: column signs must be +1 or -1")
-        if flip.min() < 0 or ((flip > 0) & ((unit < 0) | (unit >= src.shape[1]))).any():
+        if flip.min() < 0 or ((flip > 0) & ((unit < 0) | (unit >= ncols))).any():
             raise ProgramError("shiftadd: a flipped column names no valid unit column")
+    return out, shift, sign, flip, unit
+
+
+def shiftadd(src: np.ndarray, colmap: np.ndarray, n_out: int, dst: np.ndarray | None) -> np.ndarray:
+    """Accumulate column results into outputs (isa.md §3.3): int64, whole-array, exact."""
+    out, shift, sign, flip, unit = parse_colmap(colmap, n_out, src.shape[1])
     flipped = np.nonzero(flip > 0)[0]
     v = src.astype(np.int64, copy=bool(flipped.size))
     if flipped.size:
@@ -271,10 +281,73 @@ def shiftadd(src: np.ndarray, colmap: np.ndarray, n_out: int, dst: np.ndarray | 
     return acc
 
 
+# ------------------------------------------------------------------------ fused fast layers
+
+
+def layer_matrix(parts: list[tuple[XbarInfo, int]], k_in: int, ncols: int, colmap, n_out: int) -> np.ndarray | None:
+    """The integer matrix [K, N] that a layer's lossless mvms followed by its shiftadd apply to the
+    input vector (isa.md §6: "a layer's mvms as one exact integer matrix product").
+
+    Column results are linear in the input (no ADC can clip on a lossless crossbar), and so is the
+    shift-and-add with its flipped columns: x @ cells_of_columns @ F @ M = x @ W_eff. ``None`` when an
+    intermediate could leave int64 (the caller then runs the instructions one by one).
+    """
+    out, shift, sign, flip, unit = parse_colmap(colmap, n_out, ncols)
+    C = np.zeros((k_in, ncols), dtype=np.int64)
+    for xb, col0 in parts:
+        if xb.rows_used:
+            if int(xb.row_idx.max()) >= k_in:
+                return None  # the unfused path reports the error
+            np.add.at(C, (xb.row_idx[:, None], col0 + np.arange(xb.cols)[None, :]), xb.cells)
+    flipped = np.nonzero(flip > 0)[0]
+    if flipped.size:
+        big = int(np.abs(C).max()) if C.size else 0
+        if big * (int(flip.max()) + 1) >= (1 << 62):
+            return None
+        C[:, flipped] = flip[flipped] * C[:, unit[flipped]] - C[:, flipped]
+    active = np.nonzero(out != -2)[0]
+    w = sign[active] * (np.int64(1) << shift[active])
+    big = int(np.abs(C).max()) if C.size else 0
+    if big * sum(abs(int(x)) for x in w) >= (1 << 62):
+        return None
+    Wm = np.zeros((k_in, n_out), dtype=np.int64)
+    o = out[active]
+    for_out = o >= 0
+    if for_out.any():
+        cols, outs, ws = active[for_out], o[for_out], w[for_out]
+        order = np.argsort(outs, kind="stable")
+        cols, outs, ws = cols[order], outs[order], ws[order]
+        starts = np.concatenate(([0], np.nonzero(np.diff(outs))[0] + 1))
+        Wm[:, outs[starts]] += np.add.reduceat(C[:, cols] * ws, starts, axis=1)
+    unit_cols = o == -1
+    if unit_cols.any():
+        Wm += (C[:, active[unit_cols]] * w[unit_cols]).sum(axis=1, keepdims=True)
+    return Wm
+
+
+class LayerMatrix:
+    """W_eff with its exactness bound and float copies, prepared once per program."""
+
+    def __init__(self, Wm: np.ndarray):
+        self.Wm = Wm
+        self.colsum = int(np.abs(Wm).sum(axis=0).max()) if Wm.size else 0
+        self.f32 = Wm.astype(np.float32)
+        self.f64 = Wm.astype(np.float64)
+
+    def apply(self, x: np.ndarray, bits: int) -> np.ndarray | None:
+        """x @ W_eff exactly (float32 BLAS below 2^24, float64 below 2^53), or None beyond."""
+        bound = ((1 << bits) - 1) * self.colsum
+        if bound < (1 << 24):
+            return (x.astype(np.float32) @ self.f32).astype(np.int64)
+        if bound < (1 << 53):
+            return (x.astype(np.float64) @ self.f64).astype(np.int64)
+        return None
+
+
 # ------------------------------------------------------------------------------------ requant
 
 
 def requant(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int) -> np.ndarray:
     """clamp(rne((src + bias)·mult / 2^shift) + zp, lo, hi) per column n (isa.md §3.4)."""
-    acc = src.astype(np.int64) + np.asarray(bias, dtype=np.int64)
+    acc = np.add(src, np.asarray(bias, dtype=np.int64), dtype=np.int64)
     return clamp(mul_rne_shift(acc, mult, shift) + zp, lo, hi)
