@@ -155,6 +155,45 @@ def recombine(layer: LayerOp) -> np.ndarray:
     return w
 
 
+def recombine_fast(layer: LayerOp) -> np.ndarray:
+    """``recombine`` organised per crossbar (small float64 BLAS products, exact at these sizes)."""
+    k, n = layer.k, layer.n
+    w = np.zeros((k, n), dtype=np.int64)
+    every = np.zeros(k, dtype=np.int64)  # contributions of out == -1 columns, added to every output
+    unit_vec: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    refs = []  # (unit column, out, coefficient)
+    for x in layer.crossbars():
+        img = x.image_array()
+        rt = x.row_table_array()
+        cm = x.colmap_array()
+        c0 = int(x.col0.value.data)
+        used = rt >= 0
+        for j in range(img.shape[1]):
+            unit_vec[c0 + j] = (rt[used], img[used, j].astype(np.int64))
+        out, shift, sign, flip, unit = cm.T
+        scale = sign * (np.int64(1) << shift)
+        beta = np.where(flip > 0, -scale, scale)
+        one = out >= 0
+        if one.any():
+            outs, inv = np.unique(out[one], return_inverse=True)
+            sel = np.zeros((int(one.sum()), len(outs)))
+            sel[np.arange(len(inv)), inv] = beta[one]
+            part = img[used][:, one].astype(np.float64) @ sel
+            w[np.ix_(rt[used], outs)] += np.rint(part).astype(np.int64)
+        glob = out == -1
+        if glob.any():
+            every[rt[used]] += img[used][:, glob].astype(np.int64) @ beta[glob]
+        for j in np.flatnonzero(flip > 0):
+            refs.append((int(unit[j]), int(out[j]), int(scale[j] * flip[j])))
+    for u, o, coef in refs:
+        rows, vec = unit_vec[u]
+        if o >= 0:
+            w[rows, o] += coef * vec
+        elif o == -1:
+            every[rows] += coef * vec
+    return w + every[:, None]
+
+
 def simulate_layer(layer: LayerOp, x: np.ndarray, dac_bits: int) -> np.ndarray:
     """Bit-serial mvm + shiftadd of spec/isa.md §3.2–3.3 on codes x [P, K] (lossless ADC)."""
     bits = int(layer.act_bits.value.data)
@@ -241,6 +280,7 @@ def test_mapping_is_exact(scheme, cell_bits, weight_bits, flip, groups, cg, ng, 
         others = np.delete(wmat[g * kg : (g + 1) * kg], np.s_[g * ng : (g + 1) * ng], axis=1)
         assert not others.any()
     np.testing.assert_array_equal(recombine(layer), wmat)
+    np.testing.assert_array_equal(recombine_fast(layer), wmat)
     check_crossbar_invariants(layer, rows, cols, cell_bits, dac_bits, 8)
     x = rng.integers(0, 256, size=(5, layer.k))
     np.testing.assert_array_equal(simulate_layer(layer, x, dac_bits), x @ wmat)
@@ -545,3 +585,44 @@ def test_mapped_program_is_bit_exact_with_the_integer_reference(small_cnn, schem
     x = np.random.default_rng(1).normal(size=(7, 4, 6, 6)).astype(np.float32)
     got, _ = run_program(program, {"x": x})
     np.testing.assert_array_equal(got["y"], run_int(small_cnn, {"x": x})["y"])
+
+
+# ----------------------------------------------------------------------------- a real architecture
+
+
+@pytest.mark.slow
+def test_light_resnet50_maps_exactly_with_the_closed_form_counts():
+    """Every layer of ONNX's light ResNet-50 (all dense): crossbars = Σ ⌈K/R⌉·⌈(N·⌈b/c⌉ + 1)/C⌉ on
+    isaac8 (offset, 2-bit cells, flip) and every layer's crossbars recombine to its weights."""
+    from pathlib import Path
+
+    import onnx
+
+    from pimc.frontend.onnx_import import import_onnx
+    from pimc.quant import quantize_module
+
+    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
+    module = import_onnx(path)
+    fn = next(iter(module.ops))
+    name = fn.arg_attrs.data[0].data["pimc.name"].data
+    shape = list(fn.body.block.args[0].type.get_shape())[1:]
+    calib = {name: np.random.default_rng(0).random([2, *shape], dtype=np.float32)}
+    cfg = load_config("isaac8")
+    quantize_module(module, calib, cfg)
+    attach_config(module, cfg)
+    for p in (ConvertNnToXbar(), XbarBitSlice(), XbarTile(), XbarPlace(replicate=True)):
+        p.apply(CTX, module)
+    module.verify()
+    layers = [op for op in module.walk() if isinstance(op, LayerOp)]
+    assert len(layers) == 54
+    r, c, d = cfg["crossbar"]["rows"], cfg["crossbar"]["cols"], 4
+    for layer in layers:
+        assert len(layer.crossbars()) == -(-layer.k // r) * -(-(layer.n * d + 1) // c), layer.layer_name
+        np.testing.assert_array_equal(recombine_fast(layer), layer.weight_array())
+    stats = mapping_stats(module)
+    assert stats[-1]["crossbars"] == sum(len(ly.crossbars()) for ly in layers)
+    assert stats[-1]["chips"] == 1
+    # replication stays within the chip and favours the layers with the most output positions
+    per_chip = cfg["ima"]["crossbars"] * cfg["tile"]["imas"] * cfg["chip"]["tiles"]
+    assert stats[-1]["crossbars"] < stats[-1]["crossbars_placed"] <= per_chip
+    assert layers[0].int_prop("replication") > layers[-1].int_prop("replication") == 1
