@@ -30,6 +30,10 @@ from onnx import TensorProto, helper, numpy_helper
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
     ArrayAttr,
+    BytesAttr,
+    DenseIntOrFPElementsAttr,
+    TensorType,
+    f32,
     DictionaryAttr,
     FloatAttr,
     IntegerAttr,
@@ -164,6 +168,13 @@ def skeleton(model: onnx.ModelProto, max_elements: int = 4096) -> onnx.ModelProt
     return out
 
 
+def dense_f32(array: np.ndarray) -> DenseIntOrFPElementsAttr:
+    """A dense f32 attribute straight from a (possibly transposed) array: ``tobytes`` writes C
+    order in one pass, so a VGG-sized transposed weight is copied once, not twice."""
+    data = np.asarray(array).astype("<f4", copy=False).tobytes(order="C")
+    return DenseIntOrFPElementsAttr(TensorType(f32, array.shape), BytesAttr(data))
+
+
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -217,6 +228,12 @@ class _Importer:
                     self.consumers[name] = self.consumers.get(name, 0) + 1
         for out in self.graph.output:
             self.consumers[out.name] = self.consumers.get(out.name, 0) + 1
+        live = self._live_nodes()
+        self.remaining = {}
+        for node in live:
+            for name in node.input:
+                if name:
+                    self.remaining[name] = self.remaining.get(name, 0) + 1
 
         arg_shapes, arg_q, arg_names = self._input_signature()
         self._shape_inference(arg_names, arg_shapes)
@@ -224,7 +241,7 @@ class _Importer:
         for name, arg, shape, q in zip(arg_names, self.block.args, arg_shapes, arg_q):
             self.env[name] = Val(arg, tuple(shape), q)
 
-        for node in self._live_nodes():
+        for node in live:
             self._node(node)
 
         results: list[SSAValue] = []
@@ -394,6 +411,17 @@ class _Importer:
         except Unsupported as err:
             self.problems.append(f"{_node_label(node)}: {err}")
             self.poisoned.update(o for o in node.output if o)
+        finally:
+            self._release(node)
+
+    def _release(self, node: onnx.NodeProto) -> None:
+        """Drop constants whose last consumer has been imported (weights now live in the IR),
+        which keeps the peak memory of VGG-sized models near one copy of the weights."""
+        for name in node.input:
+            if name and name in self.remaining:
+                self.remaining[name] -= 1
+                if self.remaining[name] <= 0 and name not in self.graph_outputs:
+                    self.consts.pop(name, None)
 
     def _handler(self, node: onnx.NodeProto):
         if node.domain in ("", "ai.onnx") or (node.domain == "com.microsoft" and node.op_type in CONTRIB_OPS):
@@ -678,7 +706,7 @@ class _Importer:
         oh = _out_size(x.shape[2], pads[0], pads[2], kernel[0], strides[0], dil[0], False, what="height")
         ow = _out_size(x.shape[3], pads[1], pads[3], kernel[1], strides[1], dil[1], False, what="width")
         shape = (-1, w.shape[0], oh, ow)
-        op = nn.Conv2dOp(x.ssa, tensor_type(shape), w, b, strides, pads, dil, group)
+        op = nn.Conv2dOp(x.ssa, tensor_type(shape), dense_f32(w), b, strides, pads, dil, group)
         self._emit(op, self._name(node))
         self._set_layer(node, op, shape, q_out)
 
@@ -713,13 +741,13 @@ class _Importer:
             if c.ndim > 1:
                 raise Unsupported(f"bias C of shape {list(c.shape)} depends on the batch row; supported: C of shape [N], [1, N] or scalar")
             bias = np.ascontiguousarray(np.broadcast_to(c, (n,)), dtype=np.float32)
-        self._gemm(node, x, np.ascontiguousarray(w), bias)
+        self._gemm(node, x, w, bias)
 
     def _gemm(self, node, x: Val, w: np.ndarray, bias: np.ndarray | None, q_out: QParams | None = None):
         if x.shape[-1] != w.shape[0]:
             raise Unsupported(f"input {_shape_text(x.shape)} and weight {list(w.shape)} disagree on K")
         shape = x.shape[:-1] + (w.shape[1],)
-        op = nn.GemmOp(x.ssa, tensor_type(shape), np.ascontiguousarray(w, dtype=np.float32), bias)
+        op = nn.GemmOp(x.ssa, tensor_type(shape), dense_f32(w), bias)
         self._emit(op, self._name(node))
         self._set_layer(node, op, shape, q_out)
 
