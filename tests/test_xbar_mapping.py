@@ -96,10 +96,13 @@ def with_config(module: ModuleOp, **over) -> ModuleOp:
     return module
 
 
-def map_module(module: ModuleOp, wb: int, c: int, scheme: str, flip: bool, rows: int, cols: int, dac: int = 1):
+def map_module(
+    module: ModuleOp, wb: int, c: int, scheme: str, flip: bool, rows: int, cols: int, dac: int = 1,
+    adc_bits: int = 8, adc_mode: str = "saturate",
+):
     ConvertNnToXbar(weight_bits=wb).apply(CTX, module)
     XbarBitSlice(cell_bits=c, dac_bits=dac, scheme=scheme, flip=flip).apply(CTX, module)
-    XbarTile(rows=rows, cols=cols).apply(CTX, module)
+    XbarTile(rows=rows, cols=cols, adc_bits=adc_bits, adc_mode=adc_mode).apply(CTX, module)
     module.verify()
     return [op for op in module.walk() if isinstance(op, LayerOp)]
 
@@ -222,7 +225,9 @@ def simulate_layer(layer: LayerOp, x: np.ndarray, dac_bits: int) -> np.ndarray:
     return y
 
 
-def check_crossbar_invariants(layer: LayerOp, rows: int, cols: int, cell_bits: int, dac_bits: int, adc_bits: int):
+def check_crossbar_invariants(
+    layer: LayerOp, rows: int, cols: int, cell_bits: int, dac_bits: int, adc_bits: int, drop_lsb: bool = False
+):
     m = (1 << cell_bits) - 1
     starts = []
     for x in layer.crossbars():
@@ -235,7 +240,10 @@ def check_crossbar_invariants(layer: LayerOp, rows: int, cols: int, cell_bits: i
         assert len(set(rt[rt >= 0].tolist())) == int((rt >= 0).sum()), "a row feeds twice"
         cm = x.colmap_array()
         assert img.any() or (cm[:, 3] > 0).any(), "an all-zero crossbar was emitted"
-        max_sum = int(img.astype(np.int64).sum(axis=0).max()) * ((1 << dac_bits) - 1)
+        if drop_lsb:
+            max_sum = r * ((1 << dac_bits) - 1) * m
+        else:
+            max_sum = int(img.astype(np.int64).sum(axis=0).max()) * ((1 << dac_bits) - 1)
         assert int(x.lossless.value.data) == int((1 << adc_bits) > max_sum)
         starts.append((int(x.col0.value.data), c))
     starts.sort()
@@ -264,13 +272,14 @@ SCHEMES = ["offset", "differential", "twos"]
     rows=st.integers(4, 40),
     cols=st.integers(4, 40),
     dac_bits=st.integers(1, 3),
+    adc=st.tuples(st.integers(4, 12), st.sampled_from(["saturate", "drop-lsb"])),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_mapping_is_exact(scheme, cell_bits, weight_bits, flip, groups, cg, ng, kernel, rows, cols, dac_bits, seed):
+def test_mapping_is_exact(scheme, cell_bits, weight_bits, flip, groups, cg, ng, kernel, rows, cols, dac_bits, adc, seed):
     rng = np.random.default_rng(seed)
     w = random_weights(rng, (groups * ng, cg, kernel, kernel), weight_bits)
     module = conv_module(w, groups, hw=(4, 4), pad=kernel // 2)
-    (layer,) = map_module(module, weight_bits, cell_bits, scheme, flip, rows, cols, dac_bits)
+    (layer,) = map_module(module, weight_bits, cell_bits, scheme, flip, rows, cols, dac_bits, *adc)
     wmat = layer.weight_array().astype(np.int64)
     # the layer's matrix is the block-diagonal im2col matrix of the conv (row (c·kh + u)·kw + v)
     kg = cg * kernel * kernel
@@ -281,7 +290,7 @@ def test_mapping_is_exact(scheme, cell_bits, weight_bits, flip, groups, cg, ng, 
         assert not others.any()
     np.testing.assert_array_equal(recombine(layer), wmat)
     np.testing.assert_array_equal(recombine_fast(layer), wmat)
-    check_crossbar_invariants(layer, rows, cols, cell_bits, dac_bits, 8)
+    check_crossbar_invariants(layer, rows, cols, cell_bits, dac_bits, adc[0], adc[1] == "drop-lsb")
     x = rng.integers(0, 256, size=(5, layer.k))
     np.testing.assert_array_equal(simulate_layer(layer, x, dac_bits), x @ wmat)
 

@@ -67,7 +67,9 @@ the layer's column space = Σ crossbar widths). Each ``xbar.crossbar`` carries:
   column space), ``colmap`` dense i64 [C', 5] (its columns' ``(out, shift, sign, flip, unit)``,
   ``unit`` now an index into the layer's column space, pointing at the unit column of the crossbar
   with the same rows), ``adc_bits``, ``adc_mode`` (``saturate``/``drop-lsb``, from the config) and
-  ``lossless`` (1 iff 2^adc_bits > max over columns of Σ_rows cell·(2^v − 1)).
+  ``lossless`` (``saturate``: 1 iff 2^adc_bits > max over columns of Σ_rows cell·(2^v − 1), the
+  data-aware bound; ``drop-lsb``: 1 iff 2^adc_bits > R'·(2^v − 1)·(2^c − 1), because that mode
+  drops bits by the worst-case sum whatever the cells, ``spec/isa.md`` §3.2).
 - Flip (when requested): a non-unit column whose cell sum exceeds R'·M/2 is stored complemented,
   M − cell on its rows, and its colmap row is rewritten so that ``sign·2^shift·(flip·U − src)``
   still equals its old contribution (flip = M for a plain column).

@@ -147,7 +147,10 @@ def tile_layer(layer: LayerOp, rows: int, cols: int, adc_bits: int, adc_mode: st
                 raise PipelineError(f"xbar-tile: layer '{layer.layer_name}': a column references a missing unit column")
             cmap[refs, UNIT] = unit_at[sp.block]
         cmap[~refs, UNIT] = 0
-        max_sum = int(image.sum(axis=0, dtype=np.int64).max(initial=0)) * dmax
+        if adc_mode == "drop-lsb":  # drops bits by the worst-case sum R'·(2^v−1)·(2^c−1) (isa §3.2)
+            max_sum = image.shape[0] * dmax * ((1 << c) - 1)
+        else:  # saturate: only a sum beyond 2^A − 1 changes: the data-aware bound
+            max_sum = int(image.sum(axis=0, dtype=np.int64).max(initial=0)) * dmax
         row_table = np.arange(sp.r0, sp.r1, dtype=np.int32)
         out.append(
             CrossbarOp(
