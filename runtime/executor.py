@@ -664,8 +664,6 @@ def check_inputs(program: Program, inputs: dict[str, np.ndarray], bufs: dict[str
             raise RunInputError(f"input {p.name!r} has batch {x.shape[0]}; this program is fixed to batch {shape[0]}")
         if x.shape[0] == 0:
             raise RunInputError(f"input {p.name!r} has an empty batch")
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise RunInputError(f"input {p.name!r} contains NaN or infinite values")
         if batch is not None and x.shape[0] != batch:
             raise RunInputError(f"inputs disagree on the batch size ({batch} vs {x.shape[0]} for {p.name!r})")
         batch = x.shape[0]
@@ -686,10 +684,14 @@ def input_range(dtype: np.dtype, act_bits: int | None) -> tuple[int, int]:
 
 
 def quantize_input(x: np.ndarray, scale: float, zp: int, dtype: np.dtype, act_bits: int | None = None) -> np.ndarray:
-    """Host-side quantization of ``.input``: clamp(rne(x / scale) + zp, qmin, qmax) in binary64."""
+    """Host-side quantization of ``.input`` (isa.md §2, quantization.md §7): the correctly rounded
+    binary32 quotient of the binary32 input by the binary32 scale, as ONNX QuantizeLinear, then
+    clamp(rne(·) + zp, qmin, qmax); NaN becomes zp (real 0), ±inf saturate."""
     lo, hi = input_range(dtype, act_bits)
-    v = np.rint(np.asarray(x, dtype=np.float64) / float(scale))
-    v = np.clip(v, lo - zp - 1, hi - zp + 1)  # also keeps the cast to int64 in range
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        v = np.asarray(x, dtype=np.float32) / np.float32(scale)
+    v = np.where(np.isnan(v), np.float32(0), v)
+    v = np.rint(np.clip(v.astype(np.float64), lo - zp - 1, hi - zp + 1))  # also keeps the int64 cast in range
     return np.clip(v.astype(np.int64) + zp, lo, hi).astype(dtype)
 
 

@@ -102,19 +102,15 @@ def maxpool(src: np.ndarray, kernel, stride, pad, dilation, out_shape) -> np.nda
 def avgpool(src, kernel, stride, pad, count_include_pad, zin, m, shift, zp, lo, hi, out_shape) -> np.ndarray:
     """clamp(rne_div(m·Σ(x−zin), count·2^shift) + zp, lo, hi); padding adds x − zin = 0."""
     k, s, d, (pt, pl, pb, pr), ohw = _pool_geometry(src, kernel, stride, pad, [1, 1], out_shape)
-    pt0, pl0, pb0, pr0 = (int(p) for p in pad)
     x = np.pad(src.astype(np.int64) - zin, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=0)
     total = _windows(x, k, s, d, ohw).sum(axis=(4, 5))
     H, W = src.shape[2], src.shape[3]
     if count_include_pad:
-        # the declared padding counts; the extra ceil-mode padding beyond it does not (as ONNX)
-        inside = np.zeros((1, 1, H + pt + pb, W + pl + pr), dtype=np.int64)
-        inside[:, :, : pt0 + H + pb0, : pl0 + W + pr0] = 1
+        count = np.int64(k[0] * k[1])  # quantization.md §5.4: the window size
     else:
         inside = np.zeros((1, 1, H + pt + pb, W + pl + pr), dtype=np.int64)
         inside[:, :, pt : pt + H, pl : pl + W] = 1
-    count = _windows(inside, k, s, d, ohw).sum(axis=(4, 5))
-    count = np.maximum(count, 1)
+        count = np.maximum(_windows(inside, k, s, d, ohw).sum(axis=(4, 5)), 1)
     if shift < 0 or shift > 62:
         raise ProgramError("avgpool: shift must lie in [0, 62]")
     return clamp(div_rne(total, m, count * (np.int64(1) << np.int64(shift))) + zp, lo, hi)
@@ -154,8 +150,9 @@ def lrn(src, size, alpha, beta, bias, in_scale, in_zp, out_scale, out_zp, dtype)
     lo_pad = (size - 1) // 2
     hi_pad = size - 1 - lo_pad
     sq = np.pad(x * x, [(0, 0), (lo_pad, hi_pad)] + [(0, 0)] * (x.ndim - 2))
-    csum = np.concatenate([np.zeros_like(sq[:, :1]), np.cumsum(sq, axis=1)], axis=1)
-    window = csum[:, size : size + C] - csum[:, :C]
+    window = np.zeros_like(x)
+    for off in range(size):  # added in increasing channel index, as quantization.md §6 says
+        window += sq[:, off : off + C]
     y = x / (bias + alpha / size * window) ** beta
     return _quantize(y, out_scale, out_zp, dtype)
 

@@ -260,12 +260,28 @@ def test_wrong_input_dtype_name_and_values_are_clear_errors():
         run_program(_small(), {"x": np.array([["a", "b", "c"]])})
     with pytest.raises(RunInputError, match="dtype"):
         run_program(_small(), {"x": np.zeros((1, 3), bool)})
-    with pytest.raises(RunInputError, match="NaN"):
-        run_program(_small(), {"x": np.full((1, 3), np.nan, np.float32)})
     with pytest.raises(RunInputError, match="missing input"):
         run_program(_small(), {})
     with pytest.raises(RunInputError, match="unknown input"):
         run_program(_small(), {"x": np.zeros((1, 3), np.float32), "z": np.zeros(1)})
+
+
+def test_nan_and_infinite_inputs_quantize_as_the_spec_says():
+    # quantization.md §2/§7: NaN -> zp (real 0), +inf -> qmax, -inf -> qmin
+    prog = dense_program(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]]), shift=np.zeros(3))
+    out, _ = run_program(prog, {"x": np.array([[np.nan, np.inf, -np.inf]], np.float32)})
+    assert out["y"].tolist() == [[0.0, 255.0, 0.0]]
+
+
+def test_input_quantization_divides_in_binary32():
+    # 0.35f / 0.1f is exactly 3.5 in binary32 (a tie -> 4, even) but 3.4999999 in binary64 (-> 3);
+    # the spec (quantization.md §7, as ONNX QuantizeLinear) wants the binary32 quotient
+    prog = _small()
+    prog.inputs[0].scale = float(np.float32(0.1))
+    assert np.float32(0.35) / np.float32(0.1) == np.float32(3.5)
+    assert round(float(np.float32(0.35)) / float(np.float32(0.1))) == 3
+    out, _ = run_program(prog, {"x": np.array([[np.float32(0.35), 0, 0]], np.float32)})
+    assert out["y"].tolist() == [[4.0, 0.0]]  # code 4, times W[0] = [1, -2], clamped at 0
 
 
 def test_integer_inputs_are_accepted_and_quantized_on_the_host():
