@@ -54,7 +54,7 @@ def compile_and_compare(tmp: Path, model: onnx.ModelProto, x: np.ndarray, calib:
 
 def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
     g = h.make_graph(nodes, "t", inputs, outputs, inits)
-    return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 14)])
 
 
 @st.composite
@@ -190,4 +190,64 @@ def test_light_backend_models_on_ideal8_equal_integer_reference(tmp_path, name):
     rng = np.random.default_rng(0)
     calib = rng.normal(size=(2, *shape[1:])).astype(np.float32)
     x = rng.normal(size=(1, *shape[1:])).astype(np.float32)
+    compile_and_compare(tmp_path, model, x, calib, load_config("ideal8"), None)
+
+
+@st.composite
+def digital_case(draw):
+    return dict(
+        C=draw(st.integers(1, 4)),
+        H=draw(st.integers(4, 9)),
+        pool=draw(st.sampled_from(["max", "avg"])),
+        k=draw(st.integers(1, 3)),
+        s=draw(st.integers(1, 2)),
+        p=draw(st.integers(0, 1)),
+        ceil=draw(st.booleans()),
+        cip=draw(st.booleans()),
+        act=draw(st.sampled_from(["Relu", "Sigmoid", "LeakyRelu", "HardSwish", "none"])),
+        residual=draw(st.booleans()),
+        mul=draw(st.booleans()),
+        softmax=draw(st.booleans()),
+    )
+
+
+def digital_model(c, rng) -> tuple[onnx.ModelProto, list[int]]:
+    """conv -> activation -> [residual add] [mul] -> pool -> global avgpool -> flatten -> gemm [-> softmax]."""
+    C, H = c["C"], c["H"]
+    k, s, p = c["k"], c["s"], min(c["p"], c["k"] - 1)
+    w = rng.normal(size=(C, C, 3, 3)).astype(np.float32)
+    g = rng.normal(size=(C, 5)).astype(np.float32)
+    nodes = [h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])]
+    cur = "c"
+    if c["act"] != "none":
+        nodes.append(h.make_node(c["act"], [cur], ["a"]))
+        cur = "a"
+    if c["residual"]:
+        nodes.append(h.make_node("Add", [cur, "x"], ["r"]))
+        cur = "r"
+    if c["mul"]:
+        nodes.append(h.make_node("Mul", [cur, "x"], ["m"]))
+        cur = "m"
+    attrs = dict(kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p], ceil_mode=int(c["ceil"]))
+    if c["pool"] == "avg":
+        attrs["count_include_pad"] = int(c["cip"])
+    nodes.append(h.make_node("MaxPool" if c["pool"] == "max" else "AveragePool", [cur], ["pl"], **attrs))
+    nodes += [h.make_node("GlobalAveragePool", ["pl"], ["gp"]), h.make_node("Flatten", ["gp"], ["fl"]),
+              h.make_node("Gemm", ["fl", "g"], ["y"])]
+    out = "y"
+    if c["softmax"]:
+        nodes.append(h.make_node("Softmax", ["y"], ["sm"], axis=-1))
+        out = "sm"
+    inits = [h.make_tensor("w", T.FLOAT, w.shape, w.ravel()), h.make_tensor("g", T.FLOAT, g.shape, g.ravel())]
+    model = _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", C, H, H])], [h.make_tensor_value_info(out, T.FLOAT, ["N", 5])], inits)
+    return model, [C, H, H]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(c=digital_case(), seed=st.integers(0, 2**31 - 1))
+def test_digital_layers_on_ideal8_equal_integer_reference(tmp_path, c, seed):
+    rng = np.random.default_rng(seed)
+    model, shape = digital_model(c, rng)
+    calib = rng.normal(size=(8, *shape)).astype(np.float32)
+    x = rng.normal(size=(3, *shape)).astype(np.float32)
     compile_and_compare(tmp_path, model, x, calib, load_config("ideal8"), None)
