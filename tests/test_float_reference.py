@@ -482,6 +482,16 @@ def test_onnxruntime_static_quantizer_output(tmp_path, fmt):
     step = np.min(np.abs(np.diff(np.unique(want)))) if np.unique(want).size > 1 else 1.0  # the output LSB
     assert np.abs(got - want).max() <= step * 1.0001
     assert np.mean(np.argmax(got, 1) == np.argmax(want, 1)) >= 0.99
+    if fmt == "QDQ":  # strip_qdq: all-float for nn-quantize, fake quantization -> clips
+        from pimc.frontend.onnx_import import import_onnx
+        from pimc.frontend.qdq import strip_qdq
+        from pimc.reference.float_ref import run_float
+
+        module = import_onnx(out)
+        assert strip_qdq(module) >= 8
+        stripped = list(run_float(module, {"input": x}).values())[0]
+        assert rel_err(stripped, want) <= 0.05
+        assert np.mean(np.argmax(stripped, 1) == np.argmax(want, 1)) >= 0.95
 
 
 def test_uint8_model_input_dequantized(tmp_path):

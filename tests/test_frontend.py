@@ -177,3 +177,29 @@ def test_model_error_names_file_and_node(tmp_path):
         import_onnx(path)
     msg = str(info.value)
     assert str(path) in msg and "node 'weights_at_run_time' (Conv)" in msg and "weight" in msg
+
+
+def test_strip_qdq_records_qtypes(tmp_path):
+    """strip_qdq: all-float network for nn-quantize, each pair's parameters kept as pimc.qtype."""
+    from pimc.frontend.qdq import QTYPE_ATTR, qtype_range, strip_qdq
+    from pimc.reference.float_ref import run_float
+
+    inits = {"s": np.array(0.1, np.float32), "z": np.array(3, np.uint8), "s2": np.array(0.05, np.float32),
+             "z2": np.array(0, np.uint8), "w": R.standard_normal((2, 2, 1, 1)).astype(np.float32)}  # fmt: skip
+    nodes = [N("QuantizeLinear", ["x", "s", "z"], ["q"]), N("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             N("Conv", ["d", "w"], ["c"], name="conv"), N("Relu", ["c"], ["r"], name="relu"),
+             N("QuantizeLinear", ["r", "s2", "z2"], ["rq"]), N("DequantizeLinear", ["rq", "s2", "z2"], ["y"])]  # fmt: skip
+    m = _import(tmp_path, nodes, {"x": (1, 2, 2, 2)}, ["y"], inits)
+    assert strip_qdq(m) == 2
+    m.verify()
+    assert _names(m) == ["nn.clip", "nn.conv2d", "nn.relu", "nn.clip"]
+    relu_q = _ops(m)[3].attributes[QTYPE_ATTR]
+    assert isinstance(relu_q, QuantType) and relu_q.scale.data == pytest.approx(0.05)
+    assert qtype_range(relu_q) == pytest.approx((0.0, 0.05 * 255))
+    arg_q = main_func(m).arg_attrs.data[0].data[QTYPE_ATTR]
+    assert arg_q.zero_point.data == 3 and main_func(m).arg_attrs.data[0].data["pimc.name"] == StringAttr("x")
+    x = R.standard_normal((2, 2, 2, 2)).astype(np.float32)
+    w = inits["w"][:, :, 0, 0]
+    xc = np.clip(x, -0.3, 25.2)
+    want = np.clip(np.einsum("oc,nchw->nohw", w, xc), 0, 0.05 * 255)
+    np.testing.assert_allclose(run_float(m, {"x": x})["y"], want, rtol=1e-5, atol=1e-6)
