@@ -314,11 +314,14 @@ class Machine:
             self.pc, self.instr = k, ins
             dac = int(ins.fields["dac_bits"])
             T = _ceil_div(bits, dac)
-            if dac not in per_dac:
-                key = (bits, dac)
-                if key not in self.nz_tables:
-                    self.nz_tables[key] = K.digit_nonzero_table(bits, dac, T).astype(np.uint8)
-                per_dac[dac] = self.nz_tables[key][src2d].sum(axis=0, dtype=np.int64)  # non-zero digits per input element
+            if dac not in per_dac:  # non-zero DAC digits per input element, summed over iterations
+                if dac == 1 and src2d.dtype.kind == "u":
+                    per_dac[dac] = np.bitwise_count(src2d).sum(axis=0, dtype=np.int64)  # 1-bit digits: popcount
+                else:
+                    key = (bits, dac)
+                    if key not in self.nz_tables:
+                        self.nz_tables[key] = K.digit_nonzero_table(bits, dac, T).astype(np.uint8)
+                    per_dac[dac] = np.take(self.nz_tables[key], src2d).sum(axis=0, dtype=np.int64)
             ev = K.mvm_events(P, T, xb, int(per_dac[dac][xb.row_idx].sum()), src2d.dtype.itemsize)
             place = self.place[xb.id]
             ev.update(self._move(src_name, ev["buffer_read_bytes"], place))
@@ -460,6 +463,11 @@ class Machine:
         y = K.requant(src, bias, mult, shift, int(_need(ins, "zp", n)), int(_need(ins, "lo", n)), int(_need(ins, "hi", n)))
         layout = _need(ins, "layout", n)
         decl = self.decl(dst_name)
+        lo, hi = int(ins.fields["lo"]), int(ins.fields["hi"])
+        tlo, thi = D.type_range(DTYPES[decl.dtype])
+        if lo < tlo or hi > thi:
+            raise ProgramError(f"instruction {n} (requant) clamps to [{lo}, {hi}], beyond the range of buffer {dst_name!r} ({decl.dtype})")
+        y = y.astype(DTYPES[decl.dtype])  # narrow before the layout change: less to move
         if layout == "nchw":
             Ho, Wo = (int(v) for v in _need(ins, "out_hw", n))
             if Ho * Wo <= 0 or y.shape[0] % (Ho * Wo):

@@ -40,6 +40,18 @@ def rne_shift(a, n) -> np.ndarray:
     return q + up.astype(np.int64)
 
 
+def rne_shift_inplace(a: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """``a <- rne(a / 2^n)`` for int64 ``a`` and 1 <= n <= 62 (broadcasting), when ``a + 2^(n-1)``
+    cannot overflow: ``(a + 2^(n-1) - 1 + (floor(a / 2^n) & 1)) >> n``, which rounds up exactly when
+    the remainder exceeds half, or equals it and the floor is odd (ties to even)."""
+    t = a >> n
+    t &= 1
+    t += (np.int64(1) << (n - 1)) - 1
+    a += t
+    a >>= n
+    return a
+
+
 def rne_div(a, d) -> np.ndarray:
     """``rne_div(a, d)``: a / d (d > 0) rounded to nearest, ties to even."""
     a = _as_i64(a)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.errors import ProgramError
-from runtime.intmath import clamp, mul_rne_shift
+from runtime.intmath import clamp, mul_rne_shift, rne_shift_inplace
 
 #: largest bit-plane matrix (bytes) materialized at once by the bit-level mvm
 PLANE_BLOCK_BYTES = 48 << 20
@@ -350,4 +350,13 @@ class LayerMatrix:
 def requant(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int) -> np.ndarray:
     """clamp(rne((src + bias)·mult / 2^shift) + zp, lo, hi) per column n (isa.md §3.4)."""
     acc = np.add(src, np.asarray(bias, dtype=np.int64), dtype=np.int64)
+    mult = np.asarray(mult, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    amax = max(abs(int(acc.max())), abs(int(acc.min()))) if acc.size else 0
+    mmax = int(np.abs(mult).max()) if mult.size else 0
+    if shift.size and int(shift.min()) >= 1 and amax * mmax + (1 << int(shift.max())) < (1 << 62):
+        acc *= mult  # in place: the common case, every product and rounding offset within int64
+        rne_shift_inplace(acc, shift)
+        acc += zp
+        return np.clip(acc, lo, hi, out=acc)
     return clamp(mul_rne_shift(acc, mult, shift) + zp, lo, hi)

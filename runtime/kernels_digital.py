@@ -91,19 +91,34 @@ def _pool_geometry(src, kernel, stride, pad, dilation, out_shape):
     return (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb + eb, pr + er), (Ho, Wo)
 
 
+def _taps(x: np.ndarray, kernel, stride, dilation, out_hw):
+    """The kh·kw strided slices [B, C, Ho, Wo] of a padded input, one per window position (a loop
+    over the kernel, not over output positions)."""
+    (kh, kw), (sh, sw), (dh, dw), (Ho, Wo) = kernel, stride, dilation, out_hw
+    for u in range(kh):
+        for v in range(kw):
+            yield x[:, :, u * dh : u * dh + sh * (Ho - 1) + 1 : sh, v * dw : v * dw + sw * (Wo - 1) + 1 : sw]
+
+
 def maxpool(src: np.ndarray, kernel, stride, pad, dilation, out_shape) -> np.ndarray:
     """Max over each window; padding never wins (it is the type's minimum)."""
     k, s, d, (pt, pl, pb, pr), ohw = _pool_geometry(src, kernel, stride, pad, dilation, out_shape)
     lo, _ = type_range(src.dtype)
-    x = np.pad(src, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=lo)
-    return _windows(x, k, s, d, ohw).max(axis=(4, 5))
+    x = np.pad(src, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=lo) if pt or pl or pb or pr else src
+    taps = _taps(x, k, s, d, ohw)
+    out = np.array(next(taps))
+    for t in taps:
+        np.maximum(out, t, out=out)
+    return out
 
 
 def avgpool(src, kernel, stride, pad, count_include_pad, zin, m, shift, zp, lo, hi, out_shape) -> np.ndarray:
     """clamp(rne_div(m·Σ(x−zin), count·2^shift) + zp, lo, hi); padding adds x − zin = 0."""
     k, s, d, (pt, pl, pb, pr), ohw = _pool_geometry(src, kernel, stride, pad, [1, 1], out_shape)
     x = np.pad(src.astype(np.int64) - zin, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=0)
-    total = _windows(x, k, s, d, ohw).sum(axis=(4, 5))
+    total = np.zeros((x.shape[0], x.shape[1], *ohw), dtype=np.int64)
+    for t in _taps(x, k, s, d, ohw):
+        total += t
     H, W = src.shape[2], src.shape[3]
     if count_include_pad:
         count = np.int64(k[0] * k[1])  # quantization.md §5.4: the window size
