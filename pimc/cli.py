@@ -238,7 +238,7 @@ def simulate(model, input_path, pipeline, plugins, output_path, report_path, bat
 @click.argument("program", type=click.Path(dir_okay=False))
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--labels", "labels_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None, help="Float ONNX model (default: the one the program was compiled from, if found).")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None, help="Float ONNX model to compare with (default: PROGRAM with the suffix .onnx, where `pimc compile MODEL.onnx` writes MODEL.pimx).")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None)
 def eval(program, data_path, labels_path, model_path, batch_size, report_path) -> None:
