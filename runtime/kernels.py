@@ -194,16 +194,19 @@ def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, f
         shifts = (np.arange(T) * dac_bits).astype(small)[:, None, None]
         ftype = np.float32 if plane_bound < (1 << 24) else np.float64
         cells_f = xb.cells.astype(ftype)
-        # shift-and-add over the steps as one small float64 product: exact below 2^53
-        weights = np.ldexp(1.0, np.arange(T) * dac_bits)
-        assert ((1 << (T * dac_bits)) * max(plane_bound, 1)) < (1 << 53)
+        # shift-and-add over the steps as one small product [T] @ [T, p·C]: exact while every
+        # result stays below 2^24 (float32) or 2^53 (float64)
+        sum_bound = (1 << (T * dac_bits)) * max(plane_bound, 1)
+        assert sum_bound < (1 << 53)
+        atype = np.float32 if (sum_bound < (1 << 24) and ftype == np.float32) else np.float64
+        weights = np.ldexp(1.0, np.arange(T) * dac_bits).astype(atype)
         for p0 in range(0, P if xb.rows_used else 0, block):  # no used rows: every sum is 0
             xs = x[p0 : p0 + block].astype(small, copy=False)
             digits = (xs[None, :, :] >> shifts) & small.type(mask)  # [T, p, R]; the order does not change the sum
             dac_ones += int(np.count_nonzero(digits))
             s = digits.reshape(-1, xb.rows_used).astype(ftype) @ cells_f  # one BLAS call: [T·p, R] @ [R, C]
             a = _adc_float(s, xb, dac_bits).reshape(T, -1)
-            out[p0 : p0 + block] = (weights @ a.astype(np.float64, copy=False)).reshape(-1, xb.cols).astype(np.int64)
+            out[p0 : p0 + block] = (weights @ a.astype(atype, copy=False)).reshape(-1, xb.cols)
     return out, mvm_events(P, T, xb, dac_ones, src2d.dtype.itemsize)
 
 
