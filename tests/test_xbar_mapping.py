@@ -635,3 +635,12 @@ def test_light_resnet50_maps_exactly_with_the_closed_form_counts():
     per_chip = cfg["ima"]["crossbars"] * cfg["tile"]["imas"] * cfg["chip"]["tiles"]
     assert stats[-1]["crossbars"] < stats[-1]["crossbars_placed"] <= per_chip
     assert layers[0].int_prop("replication") > layers[-1].int_prop("replication") == 1
+
+
+def test_a_layer_without_bias_gets_a_zero_effective_bias():
+    """Integer nn's bias is the effective bias (spec/quantization.md §4), so absent means 0, as in
+    the integer reference."""
+    module = gemm_chain([np.array([[1, -2], [3, 4]])])
+    ConvertNnToXbar().apply(CTX, module)
+    (layer,) = [op for op in module.walk() if isinstance(op, LayerOp)]
+    np.testing.assert_array_equal(nn.numpy_from_dense(layer.bias), [0, 0])

@@ -104,8 +104,8 @@ def convert_layer(op: nn.Conv2dOp | nn.GemmOp, weight_bits: int, name: str) -> L
     n = w.shape[1]
     if op.bias is not None:
         bias = numpy_from_dense(op.bias).astype(np.int64)
-    else:  # no bias: the zero-point term alone
-        bias = -in_t.zero_point.data * w.sum(axis=0, dtype=np.int64)
+    else:  # integer nn's bias is already the effective one (spec/quantization.md §4): absent = 0
+        bias = np.zeros(n, dtype=np.int64)
 
     def i64_dense(a: DenseIntOrFPElementsAttr) -> DenseIntOrFPElementsAttr:
         return dense_from_numpy(numpy_from_dense(a).astype(np.int64))
