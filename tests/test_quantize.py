@@ -231,3 +231,61 @@ def test_int_reference_rejects_wrong_input_shape():
     quantize_module(module, _calib())
     with pytest.raises(InputError, match=r"input 'x' has shape \[2, 3, 8\]"):
         run_int(module, {"x": np.zeros((2, 3, 8), dtype=np.float32)})
+
+
+def test_model_quantized_by_onnxruntime_is_honoured_without_calibration(tmp_path):
+    """A QDQ model from onnxruntime's static quantizer: its quantize/dequantize pairs fix every
+    activation's parameters, so nn-quantize needs no calibration data and the integer reference
+    reproduces onnxruntime's run of that model."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from pimc.frontend.onnx_import import import_onnx
+    from tests.qdq_nets import ort_session
+
+    rng = np.random.default_rng(0)
+    inits = {
+        "w1": (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32),
+        "b1": (rng.standard_normal(8) * 0.1).astype(np.float32),
+        "w2": (rng.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32),
+        "fc": (rng.standard_normal((8, 5)) * 0.3).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["a"]),
+        helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 5])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "f.onnx")
+    calib = rng.standard_normal((16, 3, 8, 8)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": calib[i : i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(
+        str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )
+    module = import_onnx(tmp_path / "q.onnx")
+    quantize_module(module, None)  # no calibration data needed
+    names = {o.name for o in main_func(module).body.block.ops}
+    assert "nn.conv2d" in names and "nn.requantize" not in names
+    x = calib[:4]
+    ours = run_int(module, {"x": x})["y"]
+    (theirs,) = ort_session(onnx.load(tmp_path / "q.onnx"), optimize=False).run(None, {"x": x})
+    yt_scale = float(np.abs(theirs).max()) / 255
+    assert np.abs(ours - theirs).max() <= 1.01 * yt_scale  # at most 1 LSB of the output

@@ -10,26 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.dialects.builtin import ModuleOp
 
 from pimc.errors import InputError
 
 CALIBRATION_BATCH = 8  # images per float-reference run during calibration (bounds memory)
-
-
-def _needs_calibration(module: ModuleOp) -> bool:
-    from pimc.dialects import nn
-    from pimc.quant.calibrate import RANGE_ATTR
-
-    for op in module.walk():
-        if isinstance(op, (nn.Conv2dOp, nn.GemmOp)) or op.name.startswith("nn."):
-            if isinstance(op, (nn.QuantizeOp, nn.DequantizeOp, nn.ConstantOp)):
-                continue
-            for r in op.results:
-                if isinstance(r.type, TensorType) and not isinstance(r.type.element_type, nn.QuantType):
-                    if RANGE_ATTR not in op.attributes:
-                        return True
-    return False
 
 
 def _batches(calib: Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]], size: int):
@@ -60,16 +45,20 @@ def quantize_module(
     configuration, else 8/8.
     """
     from pimc.quant.calibrate import annotate_ranges
-    from pimc.transforms.nn_quantize import _bits_of_cfg, bits_from_config, quantize_ir
+    from pimc.transforms.nn_quantize import _bits_of_cfg, bits_from_config, missing_ranges, quantize_ir
 
-    if _needs_calibration(module):
-        if calib_inputs is None:
+    if calib_inputs is not None:
+        annotate_ranges(module, _batches(calib_inputs, CALIBRATION_BATCH), method, percentile)
+    else:
+        missing = missing_ranges(module)
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise InputError(
                 "the model is a float model: quantization needs calibration inputs to choose activation "
                 "ranges; give a batch of typical inputs with --calibration FILE.npy (batch first, in the "
-                "model's input layout) or --calibration FILE.npz (one array per input name)"
+                "model's input layout) or --calibration FILE.npz (one array per input name) "
+                f"(without quantization parameters: {', '.join(missing[:3])}{more})"
             )
-        annotate_ranges(module, _batches(calib_inputs, CALIBRATION_BATCH), method, percentile)
     cw, ca = _bits_of_cfg(cfg) if cfg else (None, None)
     mw, ma = bits_from_config(module)
     wb = weight_bits or cw or mw or 8

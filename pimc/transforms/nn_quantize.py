@@ -13,7 +13,7 @@ import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import DictionaryAttr, Float32Type, Float64Type, ModuleOp, StringAttr, TensorType, f32
-from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.ir import Attribute, BlockArgument, Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from pimc.dialects import nn
@@ -164,20 +164,30 @@ class _Quantizer:
 
     # -------------------------------------------------------------------------------- run
 
-    def run(self) -> None:
-        fn, block = self.fn, self.block
-        ops = list(block.ops)
-        if any(
-            isinstance(o, (nn.QuantizeOp, nn.DequantizeOp, nn.LutOp, nn.RequantizeOp))
-            or any(isinstance(r.type, TensorType) and isinstance(r.type.element_type, QuantType) for r in o.results)
-            for o in ops
-        ):
-            if not any(isinstance(o, (nn.Conv2dOp, nn.GemmOp)) and _is_float(o.results[0]) for o in ops):
-                return  # already quantized (e.g. imported from a QDQ model): nothing to do
-            raise ModelError("the module mixes quantized and float layers; nn-quantize needs an all-float network")
-
+    def plan(self) -> list[Operation]:
+        """Fix parameters before rewriting: QDQ pairs of an imported quantized model, then the
+        producers of concats. Returns the ops in order."""
+        ops = list(self.block.ops)
+        self.arg_forced: dict[SSAValue, QuantType] = {}
+        self.qdq_src: dict[SSAValue, tuple[SSAValue, QuantType]] = {}
         for op in ops:
-            if isinstance(op, nn.ConcatOp) and get_range(op.attributes) is not None:
+            if isinstance(op, nn.QuantizeOp) and _is_float(op.input):
+                qt = _unsigned(nn.element_of(op.output))
+                src = op.input
+                for use in list(op.output.uses):
+                    user = use.operation
+                    if not isinstance(user, nn.DequantizeOp):
+                        raise ModelError(
+                            f"{layer_name(op)} feeds {user.name}; in a float network nn-quantize only "
+                            "understands quantize -> dequantize pairs (QDQ)"
+                        )
+                    self.qdq_src[user.output] = (src, qt)
+                if isinstance(src, BlockArgument):
+                    self.arg_forced.setdefault(src, qt)
+                elif isinstance(src.owner, OWN_PARAM_OPS) and src.owner not in self.forced:
+                    self.forced[src.owner] = qt
+        for op in ops:
+            if isinstance(op, nn.ConcatOp) and (op in self.forced or get_range(op.attributes) is not None):
                 qt = self.qtype_of(op)
                 for v in op.inputs:
                     producer = v.owner
@@ -188,6 +198,48 @@ class _Quantizer:
                         and producer not in self.forced
                     ):
                         self.forced[producer] = qt
+        return ops
+
+    def missing_ranges(self) -> list[str]:
+        """Values whose quantization needs a calibrated range that the IR does not hold."""
+        fn, block = self.fn, self.block
+        missing = []
+        for i, arg in enumerate(block.args):
+            attrs = fn.arg_attrs.data[i].data if fn.arg_attrs is not None and i < len(fn.arg_attrs.data) else {}
+            if _is_float(arg) and arg not in self.arg_forced and get_range(attrs) is None:
+                missing.append(f"input {i} of @main")
+        for op in block.ops:
+            if not isinstance(op, OWN_PARAM_OPS) or op in self.forced or get_range(op.attributes) is not None:
+                continue
+            if not _is_float(op.results[0]) or isinstance(op, nn.DequantizeOp):
+                continue
+            if isinstance(op, (nn.Conv2dOp, nn.GemmOp)):
+                uses = list(op.output.uses)
+                if len(uses) == 1 and isinstance(uses[0].operation, (nn.ReluOp, nn.ClipOp)):
+                    continue  # fused: the activation's parameters are used
+            missing.append(layer_name(op))
+        return missing
+
+    def run(self) -> None:
+        fn, block = self.fn, self.block
+        ops = list(block.ops)
+        compute = [
+            o for o in ops
+            if o.results and _is_float(o.results[0]) and not isinstance(o, (nn.DequantizeOp, nn.ConstantOp))
+        ]
+        if not compute:
+            return  # nothing computes in float: already quantized
+        integer = [
+            o for o in ops
+            if not isinstance(o, (nn.QuantizeOp, nn.ConstantOp))
+            and any(isinstance(r.type, TensorType) and isinstance(r.type.element_type, QuantType) for r in o.results)
+        ]
+        if integer:
+            raise ModelError(
+                f"the module mixes integer ops ({integer[0].name}) with float layers; nn-quantize needs "
+                "a float network (possibly with quantize/dequantize pairs)"
+            )
+        ops = self.plan()
 
         # graph inputs: nn.quantize after each float argument
         self.anchor = ops[0]
@@ -196,12 +248,16 @@ class _Quantizer:
                 continue
             attrs = fn.arg_attrs.data[i].data if fn.arg_attrs is not None and i < len(fn.arg_attrs.data) else {}
             rng = get_range(attrs)
-            if rng is None:
+            if arg in self.arg_forced:
+                qt = self.arg_forced[arg]
+            elif rng is None:
                 raise InputError(
                     f"input {i} of @main has no calibrated range: calibrate the float model first "
                     "(--calibration FILE.npy or .npz)"
                 )
-            q = self.insert(nn.QuantizeOp(arg, self.qtensor(shape_of(arg), self.qtype(*rng))))
+            else:
+                qt = self.qtype(*rng)
+            q = self.insert(nn.QuantizeOp(arg, self.qtensor(shape_of(arg), qt)))
             self.map[arg] = q.results[0]
 
         for op in ops:
@@ -219,6 +275,15 @@ class _Quantizer:
                 continue
             if op in self.fused or isinstance(op, nn.ConstantOp):
                 continue
+            if isinstance(op, nn.DequantizeOp):
+                if op.output not in self.qdq_src:
+                    raise ModelError(f"{layer_name(op)}: a dequantize that is not part of a quantize -> dequantize pair")
+                src, qt = self.qdq_src[op.output]
+                q = self.operand(src, op)
+                if nn.element_of(q) != qt:
+                    q = self.insert(nn.RequantizeOp(q, self.qtensor(shape_of(q), qt))).results[0]
+                self.map[op.output] = q
+                continue
             if not op.results or not _is_float(op.results[0]):
                 continue
             new = self.quantize_op(op)
@@ -228,7 +293,7 @@ class _Quantizer:
         for op in reversed(ops):
             if isinstance(op, func.ReturnOp) or op.parent is None:
                 continue
-            if op.results and _is_float(op.results[0]) or isinstance(op, nn.ConstantOp):
+            if op.results and _is_float(op.results[0]) or isinstance(op, (nn.ConstantOp, nn.QuantizeOp)):
                 if all(not r.uses for r in op.results):
                     op.detach()
                     op.erase()
@@ -337,13 +402,13 @@ class _Quantizer:
         except ValueError as err:
             raise ModelError(f"{name}: cannot requantize: {err}; use fewer weight or activation bits") from None
 
-        lo, hi = 0, self.qmax
+        lo, hi = 0, yt.qmax
         if act == "relu":
-            lo = int(intmath.quantize_float(0.0, s_y, zp_y, 0, self.qmax))
+            lo = int(intmath.quantize_float(0.0, s_y, zp_y, 0, yt.qmax))
         elif act == "clip":
             assert isinstance(act_op, nn.ClipOp)
-            lo = int(intmath.quantize_float(act_op.min.value.data, s_y, zp_y, 0, self.qmax))
-            hi = int(intmath.quantize_float(act_op.max.value.data, s_y, zp_y, 0, self.qmax))
+            lo = int(intmath.quantize_float(act_op.min.value.data, s_y, zp_y, 0, yt.qmax))
+            hi = int(intmath.quantize_float(act_op.max.value.data, s_y, zp_y, 0, yt.qmax))
         wdtype = np.int8 if self.wbits <= 8 else np.int16
         extra = {
             "weight_scale": dense_from_numpy(sw.astype(np.float32)),
@@ -407,6 +472,16 @@ class _Quantizer:
         return self._add(nn.DivOp(self.operand(op.lhs, op), self.operand(op.rhs, op), out), op)
 
 
+def _unsigned(qt: Attribute) -> QuantType:
+    """The unsigned form of an activation type: a signed code q is the unsigned code q + 2^(b-1)
+    with the zero point moved by the same amount (the same real values)."""
+    assert isinstance(qt, QuantType)
+    if not qt.signed.data:
+        return qt
+    off = 1 << (qt.bits.data - 1)
+    return QuantType(qt.bits.data, False, qt.scale.data, qt.zero_point.data + off)
+
+
 def activation_fn(op: Operation, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The float activation of ``op`` in binary64; x is [C or 1, L] (C channels on axis 1)."""
     if isinstance(op, nn.ReluOp):
@@ -449,5 +524,12 @@ def lut_table(op: Operation, xt: QuantType, yt: QuantType, in_shape: tuple[int, 
     return intmath.quantize_float(y, yt.scale.data, yt.zero_point.data, yt.qmin, yt.qmax).astype(np.int64)
 
 
-__all__ = ["NnQuantizePass", "quantize_ir", "lut_table", "layer_name"]
+def missing_ranges(module: ModuleOp) -> list[str]:
+    """What still needs a calibrated range before ``nn-quantize`` can run (empty: nothing)."""
+    q = _Quantizer(main_func(module), DEFAULT_BITS, DEFAULT_BITS)
+    q.plan()
+    return q.missing_ranges()
+
+
+__all__ = ["NnQuantizePass", "quantize_ir", "lut_table", "layer_name", "missing_ranges"]
 _ = f32
