@@ -688,7 +688,7 @@ class _Importer:
         b = self._const(node, 2, "bias")
         self._conv(node, a, x, np.asarray(w, dtype=np.float32), None if b is None else np.asarray(b, dtype=np.float32))
 
-    def _conv(self, node, a, x: Val, w: np.ndarray, b: np.ndarray | None, q_out: QParams | None = None, quant_out=None):
+    def _conv(self, node, a, x: Val, w: np.ndarray, b: np.ndarray | None, q_out: QParams | None = None):
         if len(x.shape) != 4 or w.ndim != 4:
             raise Unsupported(
                 f"input {_shape_text(x.shape)} with weight {list(w.shape)}; supported: 2-D convolution (NCHW input, 4-D weight)"
