@@ -38,7 +38,7 @@ from runtime.opcodes import (
 #: constants with at most this many elements are printed as a number list, larger ones as base64
 LIST_MAX = 256
 
-_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/:@$]*\Z")
+_BARE = re.compile(r"[A-Za-z_/][A-Za-z0-9_.\-/:@$]*\Z")
 
 
 def grammar_text() -> str:

@@ -18,7 +18,7 @@ from hypothesis.extra import numpy as hnp
 from runtime.model import DTYPES, Buffer, Const, Instr, Port, Program, Xbar
 from runtime.opcodes import BUFFER_DTYPES, INT64_MAX, INT64_MIN, OPCODES, Field
 
-_BARE_FIRST = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
+_BARE_FIRST = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_/"
 _BARE_REST = _BARE_FIRST + "0123456789.-/:@$"
 
 #: names the text form prints bare
