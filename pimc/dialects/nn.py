@@ -7,7 +7,8 @@ Float form: element type ``f32``; weights are dense ``f32`` attributes.
 Integer form: activations have element type ``!nn.q<u8, scale, zero_point>`` (``QuantType``), so the
 quantization parameters travel with every value, as MLIR's ``quant`` dialect does; weights are
 dense ``iN`` attributes (signed, per-output-channel symmetric) with a per-channel ``weight_scale``;
-biases are dense ``i32`` (in units of input scale x weight scale). The integer meaning of each op is
+biases are dense ``i64`` *effective* biases (``bias_q - zp_in * sum_k w``, in units of input scale x
+weight scale; ``spec/quantization.md`` §4). The integer meaning of each op is
 defined in ``spec/quantization.md`` and implemented by ``pimc.reference.int_ref``.
 
 Weights are dense attributes built straight from bytes (see ``dense_from_numpy``), never from
@@ -239,7 +240,9 @@ class _QuantizedLayerMixin:
     """Integer-form attributes shared by conv2d and gemm (absent in float form).
 
     weight_scale  dense f32 [N]: per-output-channel weight scale.
-    requant_multiplier, requant_shift  dense i64 [N]: y = round(acc * M / 2^shift) + zp_out.
+    bias  dense i64 [N]: the effective bias bias_q - zp_in * sum_k w[k, n].
+    requant_multiplier, requant_shift  dense i64 [N]:
+        y = clamp(rne((acc + bias) * M / 2^shift) + zp_out, lo, hi)  (quantization.md §4).
     clamp  i64 [2]: [lo, hi] of the output codes (a fused ReLU/Clip narrows it).
     activation  "none" | "relu" | "clip": the activation fused at quantization, kept for passes
     (early termination needs to know an output is followed by ReLU).
