@@ -112,18 +112,15 @@ def tile_layer(layer: LayerOp, rows: int, cols: int, adc_bits: int, adc_mode: st
     unit_stored = s - 1 if has_unit else -1
     specs = plan_tiles(k, g, n // g, digits, has_unit, rows, cols)
 
-    # drop crossbars that contribute nothing: all cells zero and no column with a correction term
-    keep, images = [], []
-    for sp in specs:
+    def image_of(sp: TileSpec) -> np.ndarray:
         lo, hi = int(sp.cols[0]), int(sp.cols[-1]) + 1
-        if hi - lo == len(sp.cols):  # contiguous columns: a slice, not a gather
-            sub = cells[sp.r0 : sp.r1, lo:hi].copy()
-        else:
-            sub = np.ascontiguousarray(cells[sp.r0 : sp.r1, sp.cols])
-        if sub.any() or np.any(smap[sp.cols, FLIP] > 0):
-            keep.append(sp)
-            images.append(sub)
-    specs = keep
+        if hi - lo == len(sp.cols):  # contiguous columns: a slice (a view), not a gather
+            return cells[sp.r0 : sp.r1, lo:hi]
+        return cells[sp.r0 : sp.r1, sp.cols]
+
+    # drop crossbars that contribute nothing: all cells zero and no column with a correction term.
+    # Images are cut again below rather than kept, so at most one copy of a layer's cells is alive.
+    specs = [sp for sp in specs if image_of(sp).any() or np.any(smap[sp.cols, FLIP] > 0)]
 
     col0s = np.cumsum([0] + [len(sp.cols) for sp in specs])
     unit_at: dict[int, int] = {}
@@ -134,7 +131,8 @@ def tile_layer(layer: LayerOp, rows: int, cols: int, adc_bits: int, adc_mode: st
     flip = bool(layer.int_prop("flip"))
     dmax = (1 << v) - 1
     out: list[CrossbarOp] = []
-    for sp, c0, image in zip(specs, col0s, images):
+    for sp, c0 in zip(specs, col0s):
+        image = np.array(image_of(sp), dtype=np.uint8, order="C", copy=True)
         cmap = smap[sp.cols].copy()
         unit_cols = sp.cols == unit_stored
         if flip:
