@@ -13,15 +13,16 @@ quantized output tensor, both ``!nn.q``; discardable attribute ``pimc.name`` = t
 Properties:
 
 - ``kind``: ``"conv"`` | ``"gemm"``.
-- ``weight``: dense ``i8``/``i16``/``i32`` [K, N], the signed integer weight matrix, K = Cin·kh·kw
+- ``weight``: dense ``i8`` (b ≤ 8) / ``i16`` [K, N], the signed integer weight matrix, K = Cin·kh·kw
   (gemm: the input's last axis), N = Cout. Row ``(c·kh + u)·kw + v`` is input channel c, kernel
   offset (u, v): the im2col column order of ``spec/isa.md`` §3.1. A grouped / depthwise conv is
   **block-diagonal**: group g owns rows ``[g·Kg, (g+1)·Kg)`` (Kg = Cin/groups·kh·kw) and columns
   ``[g·Ng, (g+1)·Ng)`` (Ng = Cout/groups); all other entries are 0.
 - ``kernel`` [kh, kw], ``strides`` [sh, sw], ``pads`` [top, left, bottom, right],
   ``dilations`` [dh, dw] (dense i64 arrays; gemm: [1,1], [1,1], [0,0,0,0], [1,1]), ``groups`` (i64).
-- ``bias`` dense i64 [N]: the *effective* bias ``b[n] - zp_in·Σ_k W[k, n]`` (``spec/isa.md`` §3.4:
-  the crossbars see unsigned codes, the zero-point term is folded here).
+- ``bias`` dense i64 [N]: the *effective* bias ``b[n] - zp_in·Σ_k W[k, n]`` copied from the integer
+  ``nn`` op (``spec/quantization.md`` §4; 0 when the op has none): the crossbars see unsigned codes
+  and the zero-point term is folded here (``spec/isa.md`` §3.4).
 - ``requant_multiplier``, ``requant_shift`` dense i64 [N]; ``clamp`` i64 [lo, hi];
   ``zp_in``, ``zp_out``, ``act_bits`` (input code width), ``out_bits``, ``weight_bits`` (i64);
   ``activation`` (``none``/``relu``/``clip``); optional ``weight_scale`` dense f32 [N].
@@ -37,7 +38,8 @@ Properties:
   per stored column ``(out, shift, sign, flip, unit)`` with exactly the meaning of ``spec/isa.md``
   §3.3 ``shiftadd``, where ``unit`` here is the *stored* column index of the unit column (at most
   one, always the last stored column ``S − 1``) and ``src[unit]`` means "the unit column over the
-  same rows" (``unit`` is 0 where ``flip`` is 0). Columns are output-major: output n's digits are adjacent, then the unit column.
+  same rows" (``unit`` is 0 where ``flip`` is 0). Columns are output-major: output n's digits are
+  adjacent, then the unit column.
   Let b = weight_bits, M = 2^c − 1, D = ⌈b/c⌉:
 
   * ``offset``: digit j (shift j·c, j < D) of w + 2^(b−1); a unit column of ones. Dense layers
@@ -63,7 +65,8 @@ the layer's column space = Σ crossbar widths). Each ``xbar.crossbar`` carries:
 
 - ``image`` dense ui8 [R', C'] (R' ≤ R, C' ≤ C: only the rows and columns in use; no all-zero
   crossbar is emitted), ``row_table`` dense i32 [R'] (the row of ``weight`` = im2col column that
-  drives each physical row; −1 = unused, driven with 0), ``col0`` (its first column in the layer's
+  drives each physical row; −1 = unused, driven with 0; ``xbar-tile`` itself only emits contiguous
+  ranges, −1 is for later passes such as squeeze-out), ``col0`` (its first column in the layer's
   column space), ``colmap`` dense i64 [C', 5] (its columns' ``(out, shift, sign, flip, unit)``,
   ``unit`` now an index into the layer's column space, pointing at the unit column of the crossbar
   with the same rows), ``adc_bits``, ``adc_mode`` (``saturate``/``drop-lsb``, from the config) and
@@ -76,9 +79,11 @@ the layer's column space = Σ crossbar widths). Each ``xbar.crossbar`` carries:
 - Tiling: dense layers (or groups too large for one crossbar) are cut into ⌈Kg/R⌉ row blocks ×
   column blocks of the group's stored columns, each row block holding its own copy of the unit
   column. Otherwise as many whole groups as fit (rows and columns) go block-diagonally into one
-  crossbar, row blocks aligned to group boundaries. Dense closed forms (no flip unit for
-  differential/twos): ⌈K/R⌉·⌈(N·D + u)/C⌉ crossbars, u = 1 for offset (and for any scheme with
-  flip), else 0.
+  crossbar, row blocks aligned to group boundaries. Closed forms, u = 1 for offset and for any
+  scheme with flip, else 0: dense ⌈K/R⌉·⌈(N·D + u)/C⌉ crossbars; grouped with
+  g× = min(⌊R/Kg⌋, ⌊(C − u)/(Ng·D)⌋) ≥ 1 groups per crossbar: ⌈G/g×⌉; grouped otherwise
+  G·⌈Kg/R⌉·⌈(Ng·D + u)/C⌉. Crossbars whose cells are all zero (and that carry no correction
+  term) are not emitted, so weights with all-zero blocks can need fewer.
 
 ``xbar-place`` adds ``replication`` (i64 ≥ 1) to every layer, ``chip``, ``tile``, ``ima`` to every
 crossbar (the place of its first copy; copies follow in the next IMAs), and on the module
