@@ -644,3 +644,24 @@ def test_a_layer_without_bias_gets_a_zero_effective_bias():
     ConvertNnToXbar().apply(CTX, module)
     (layer,) = [op for op in module.walk() if isinstance(op, LayerOp)]
     np.testing.assert_array_equal(nn.numpy_from_dense(layer.bias), [0, 0])
+
+
+@pytest.mark.parametrize(
+    "groups, cg, ng, kernel, rows, cols, flip",
+    [
+        (8, 2, 1, 3, 64, 64, False),  # Kg = 18, 3 groups a crossbar by rows -> ⌈8/3⌉
+        (8, 2, 3, 3, 128, 40, True),  # 13 cols a group + unit: 3 groups a crossbar by columns
+        (2, 8, 4, 3, 32, 16, False),  # Kg = 72 > 32 rows: each group cut densely
+        (3, 4, 6, 3, 16, 20, True),  # Kg = 36 > 16, 25 columns + unit > 20
+    ],
+)
+def test_grouped_counts_match_closed_forms(groups, cg, ng, kernel, rows, cols, flip):
+    rng = np.random.default_rng(groups * 100 + rows)
+    w = random_weights(rng, (groups * ng, cg, kernel, kernel), 8)
+    (layer,) = map_module(conv_module(w, groups, hw=(5, 5), pad=1), 8, 2, "offset", flip, rows, cols)
+    d, u, kg = 4, 1, cg * kernel * kernel
+    per = min(rows // kg, (cols - u) // (ng * d))
+    ceil = lambda a, q: -(-a // q)  # noqa: E731
+    expected = ceil(groups, per) if per >= 1 else groups * ceil(kg, rows) * ceil(ng * d + u, cols)
+    assert len(layer.crossbars()) == expected
+    np.testing.assert_array_equal(recombine(layer), layer.weight_array())
