@@ -221,3 +221,25 @@ def test_names_that_look_like_keywords_or_syntax_round_trip(name):
     q = assemble(text)
     assert q.buffers[-1].name == name and q.instrs[4].layer == name and q.inputs[0].name == name
     assert write_program(q) == write_program(p)
+
+
+_PIECES = list('[]{}(),=."?#\\\n -+0123456789eEabxyz:/') + ['b64"', 'hex"', '""', "1e999", "-0.0", "9" * 30, "é"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(["set", "delete", "insert"]), st.sampled_from(_PIECES)), min_size=1, max_size=3))
+def test_any_edit_of_the_text_assembles_or_is_a_program_error(edits):
+    """Mangled text never escapes as anything but ProgramError with a file:line:column."""
+    chars = list(disassemble(small_program()))
+    for pos, how, piece in edits:
+        i = pos % len(chars)
+        if how == "set":
+            chars[i] = piece
+        elif how == "delete":
+            del chars[i]
+        else:
+            chars.insert(i, piece)
+    try:
+        assemble("".join(chars), "m.s")
+    except ProgramError as e:
+        assert str(e).startswith("m.s:")

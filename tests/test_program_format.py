@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pimc.cli import main as cli
 from runtime.container import (
@@ -323,3 +324,21 @@ def test_spec_opcode_table_matches_the_schema():
     doc = (Path(__file__).resolve().parent.parent / "spec" / "program-format.md").read_text(encoding="utf-8")
     table = doc.split("<!-- opcodes:begin -->\n", 1)[1].split("\n<!-- opcodes:end -->", 1)[0]
     assert table == schema_markdown()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4))
+def test_damage_behind_a_valid_checksum_is_a_program_error_or_a_valid_program(edits):
+    """Any byte edit that keeps the checksum right (another tool's bug, not bit rot) either still
+    reads as a valid program or raises ProgramError -- never another exception."""
+    p = small_program()
+    p.instrs.insert(4, Instr("mvm_et", {"theta": 0.5, "bounds": [1, 2], "srcs": ["acc"]}, "x"))
+    data = bytearray(write_program(p))
+    for pos, byte in edits:
+        data[pos % (len(data) - 32)] = byte
+    try:
+        q = read_program(reseal(data), "f.pimx")
+    except ProgramError as e:
+        assert str(e).startswith("f.pimx")
+    else:
+        validate_program(q, "again")
