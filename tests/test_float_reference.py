@@ -133,6 +133,16 @@ CASES = {
     "bn_2d_standalone": (
         [N("BatchNormalization", ["x", "s", "bb", "m", "v"], ["y"])],
         {"x": (1, 5)}, {"s": _r(5), "bb": _r(5), "m": _r(5), "v": np.abs(_r(5)) + 0.5}, 13),
+    "conv_mul_add_sub_div_folded": (
+        [N("Conv", ["x", "w", "b"], ["c"]), N("Mul", ["c", "k1"], ["m"]), N("Add", ["k2", "m"], ["a"]),
+         N("Sub", ["k3", "a"], ["s"]), N("Div", ["s", "k4"], ["y"])],
+        X4, {"w": _r(5, 4, 3, 3), "b": _r(5), "k1": _r(5, 1, 1), "k2": _r(1, 5, 1, 1), "k3": np.array(0.7, np.float32),
+             "k4": np.abs(_r(5, 1, 1)) + 0.5}, 13),  # fmt: skip
+    "conv_mul_spatial_not_folded": ([N("Conv", ["x", "w"], ["c"]), N("Mul", ["c", "k"], ["y"])], X4,
+                                    {"w": _r(5, 4, 1, 1), "k": _r(1, 11)}, 13),  # fmt: skip
+    "gemm_mul_add_folded": (
+        [N("Gemm", ["x", "w"], ["g"]), N("Mul", ["g", "k1"], ["m"]), N("Add", ["m", "k2"], ["y"])],
+        {"x": (1, 8)}, {"w": _r(8, 5), "k1": _r(5), "k2": _r(1, 5)}, 13),
     "dropout_identity": ([N("Dropout", ["x"], ["d"]), N("Identity", ["d"], ["i"]), N("Relu", ["i"], ["y"])], X4, None, 13),
     "dropout_opset9_mask_unused": ([N("Dropout", ["x"], ["d", "mask"]), N("Relu", ["d"], ["y"])], X4, None, 9),
     "const_arith_folded": (

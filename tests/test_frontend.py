@@ -203,3 +203,17 @@ def test_strip_qdq_records_qtypes(tmp_path):
     xc = np.clip(x, -0.3, 25.2)
     want = np.clip(np.einsum("oc,nchw->nohw", w, xc), 0, 0.05 * 255)
     np.testing.assert_allclose(run_float(m, {"x": x})["y"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_per_channel_affine_folds_into_conv(tmp_path):
+    """Conv -> Mul/Add by per-channel constants (DenseNet's scale/shift after BN) is one layer."""
+    inits = {"w": np.ones((3, 2, 1, 1), np.float32), "k": np.array([1.0, 2.0, 3.0], np.float32).reshape(3, 1, 1),
+             "t": np.full((1, 3, 1, 1), 0.5, np.float32), "s": np.ones((1, 1, 4), np.float32)}  # fmt: skip
+    nodes = [N("Conv", ["x", "w"], ["c"], name="conv"), N("Mul", ["c", "k"], ["m"], name="scale"),
+             N("Add", ["m", "t"], ["a"], name="shift"), N("Mul", ["a", "s"], ["y"], name="spatial")]  # fmt: skip
+    m = _import(tmp_path, nodes, {"x": (1, 2, 4, 4)}, ["y"], inits)
+    assert _names(m) == ["nn.conv2d", "nn.constant", "nn.mul"]  # the spatial factor is not per channel
+    conv = _ops(m)[0]
+    assert conv.attributes["pimc.folded"] == StringAttr("scale,shift")
+    np.testing.assert_allclose(numpy_from_dense(conv.weight)[:, 0, 0, 0], [1, 2, 3])
+    np.testing.assert_allclose(numpy_from_dense(conv.bias), [0.5, 0.5, 0.5])

@@ -651,8 +651,60 @@ class _Importer:
     def _elementwise(self, node, cls):
         if len(node.input) != 2:
             raise Unsupported(f"{len(node.input)} inputs; supported: 2")
+        if self._fold_affine(node, cls):
+            return
         op, shape = self._binary(node, cls, node.input[0], node.input[1])
         self._set(node, op, shape)
+
+    def _fold_affine(self, node, cls) -> bool:
+        """Fold a per-output-channel constant Mul/Div/Add/Sub into the Conv/Gemm producing its
+        other operand (when that is its only use), as for BatchNormalization: one crossbar layer
+        instead of a layer plus a digital op and an extra quantization point."""
+        lhs, rhs = node.input[0], node.input[1]
+        if lhs in self.consts and rhs in self.env and cls in (nn.AddOp, nn.MulOp, nn.SubOp):
+            src, k, const_first = rhs, self.consts[lhs], True
+        elif lhs in self.env and rhs in self.consts:
+            src, k, const_first = lhs, self.consts[rhs], False
+        else:
+            return False
+        prod = self.producer.get(src)
+        if not isinstance(prod, (nn.Conv2dOp, nn.GemmOp)) or self.env[src].q is not None:
+            return False
+        if self.consumers.get(src, 0) != 1 or src in self.graph_outputs or prod.results[0] is not self.env[src].ssa:
+            return False
+        shape = self.env[src].shape
+        k = np.asarray(k, dtype=np.float64)
+        if k.ndim > len(shape) or (k.ndim == len(shape) and k.shape[0] != 1):
+            return False
+        channels = prod.weight.get_shape()[0] if isinstance(prod, nn.Conv2dOp) else prod.weight.get_shape()[1]
+        axis = 1 if isinstance(prod, nn.Conv2dOp) else len(shape) - 1
+        full = k.reshape((1,) * (len(shape) - k.ndim) + k.shape)
+        if any(d != 1 for i, d in enumerate(full.shape) if i != axis) or full.shape[axis] not in (1, channels):
+            return False
+        kc = np.broadcast_to(full.reshape(-1), (channels,))
+        if cls is nn.DivOp and not np.all(kc != 0):
+            return False
+        w = nn.numpy_from_dense(prod.weight).astype(np.float64)
+        b = nn.numpy_from_dense(prod.bias).astype(np.float64) if prod.bias is not None else np.zeros(channels)
+        wshape = (-1, 1, 1, 1) if isinstance(prod, nn.Conv2dOp) else (1, -1)
+        if cls is nn.MulOp:
+            w, b = w * kc.reshape(wshape), b * kc
+        elif cls is nn.DivOp:
+            w, b = w / kc.reshape(wshape), b / kc
+        elif cls is nn.AddOp:
+            b = b + kc
+        elif const_first:  # k - x
+            w, b = -w, kc - b
+        else:  # x - k
+            b = b - kc
+        prod.properties["weight"] = dense_f32(w.astype(np.float32))
+        prod.properties["bias"] = nn.dense_from_numpy(b.astype(np.float32))
+        before = prod.attributes.get("pimc.folded")
+        name = self._name(node)
+        prod.attributes["pimc.folded"] = StringAttr(f"{before.data},{name}" if isinstance(before, StringAttr) else name)
+        self.env[node.output[0]] = self.env[src]
+        self.producer[node.output[0]] = prod
+        return True
 
     def _op_Add(self, node, a):
         self._elementwise(node, nn.AddOp)
