@@ -12,7 +12,7 @@ from runtime.errors import ProgramError
 def main(text: str, output_path: str) -> None:
     path = Path(text)
     try:
-        source = path.read_text(encoding="utf-8")
+        source = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     except FileNotFoundError:
         raise ProgramError(f"{path}: no such text file") from None
     except IsADirectoryError:
