@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from xdsl.dialects import func
-from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, FloatAttr, IntegerAttr, ModuleOp
+from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, FloatAttr, ModuleOp
 from xdsl.ir import Operation, SSAValue
 
 from pimc.dialects import nn
@@ -357,4 +357,3 @@ def export_qdq(
 
 
 __all__ = ["export_qdq", "export_qdq_isolated"]
-_ = (IntegerAttr,)

@@ -13,12 +13,12 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp, TensorType
+from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
 
 from pimc.dialects import nn
 from pimc.dialects.nn import QuantType, numpy_from_dense
-from pimc.errors import InputError, ModelError
+from pimc.errors import ModelError
 from pimc.quant import intmath
 from pimc.quant.calibrate import arg_names, check_inputs, main_func, result_names
 
@@ -335,4 +335,3 @@ def float_unit_fn(op: Operation, xs: list[np.ndarray]) -> np.ndarray:
 
 
 __all__ = ["run_int", "run_int_codes", "conv_acc", "float_unit_fn"]
-_ = TensorType

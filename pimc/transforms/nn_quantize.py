@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import DictionaryAttr, Float32Type, Float64Type, ModuleOp, StringAttr, TensorType, f32
+from xdsl.dialects.builtin import DictionaryAttr, Float32Type, Float64Type, ModuleOp, StringAttr, TensorType
 from xdsl.ir import Attribute, BlockArgument, Operation, SSAValue
 from xdsl.passes import ModulePass
 
@@ -108,11 +108,12 @@ class _Quantizer:
         self.qmax = (1 << abits) - 1
         self.map: dict[SSAValue, SSAValue] = {}
         self.fused: set[Operation] = set()
-        self.new_ops: list[Operation] = []
         # producers whose output goes only into a concat quantize straight to the concat's
         # parameters (no nn.requantize, no double rounding)
         self.forced: dict[Operation, QuantType] = {}
         self.anchor: Operation | None = None
+        self.arg_forced: dict[SSAValue, QuantType] = {}
+        self.qdq_src: dict[SSAValue, tuple[SSAValue, QuantType]] = {}
 
     # ----------------------------------------------------------------------------- helpers
 
@@ -532,4 +533,3 @@ def missing_ranges(module: ModuleOp) -> list[str]:
 
 
 __all__ = ["NnQuantizePass", "quantize_ir", "lut_table", "layer_name", "missing_ranges"]
-_ = f32
