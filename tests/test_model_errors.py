@@ -157,3 +157,19 @@ def test_float_reference_command_writes_output(tmp_path, image):
     assert proc.returncode == 0, proc.stderr
     y = np.load(tmp_path / "y.npy")
     assert y.shape == (1, 2, 8, 8) and y.dtype == np.float32
+
+
+def test_several_inputs_and_outputs_use_npz(tmp_path):
+    nodes = [N("Add", ["a", "b"], ["s"]), N("Relu", ["s"], ["r"])]
+    path = save(graph_model(nodes, {"a": (1, 3), "b": (1, 3)}, ["s", "r"]), tmp_path)
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 3), np.float32))
+    _assert_user_error(pimc("reference", path, "-i", x, "-o", tmp_path / "y.npz"), "2 inputs (a, b)", ".npz")
+    z = tmp_path / "x.npz"
+    np.savez(z, a=np.full((2, 3), -1.0, np.float32), b=np.arange(6, dtype=np.float32).reshape(2, 3))
+    _assert_user_error(pimc("reference", path, "-i", z, "-o", tmp_path / "y.npy"), "2 outputs (s, r)", ".npz")
+    ok = pimc("reference", path, "-i", z, "-o", tmp_path / "y.npz")
+    assert ok.returncode == 0, ok.stderr
+    with np.load(tmp_path / "y.npz") as out:
+        np.testing.assert_array_equal(out["s"], np.arange(6).reshape(2, 3) - 1.0)
+        np.testing.assert_array_equal(out["r"], np.maximum(np.arange(6).reshape(2, 3) - 1.0, 0))
