@@ -212,3 +212,10 @@ def test_light_resnet50_and_vgg19_compile(tmp_path, name, config):
     assert chips >= -(-stats["crossbars"] // per_chip)  # at least as many chips as the crossbars need
     if (name, config) == ("resnet50", "isaac8"):
         assert_round_trips(out)
+
+
+def test_isa_text_of_a_real_program_parses_back_unchanged(tmp_path):
+    isa_ir = tmp_path / "mnist.isa.mlir"
+    pimc("compile", MODEL, "--calibration", CALIB, "--emit", "isa", "-o", isa_ir)
+    again = pimc("opt", isa_ir, "-p", "").output
+    assert again == isa_ir.read_text()
