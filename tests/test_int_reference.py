@@ -60,6 +60,21 @@ def test_conv_accumulator_is_exact(shape, cout, k, strides, pads, dil, group, bi
     assert np.array_equal(got.astype(object), want)
 
 
+@pytest.mark.parametrize("K,xmax,wmax", [(2000, 255, 127), (700, 255, 127), (300, 65535, 32767), (9, 65535, 32767)])
+def test_exact_matmul_paths(K, xmax, wmax):
+    """binary32 in K chunks, binary64, or int64: always the exact integer product."""
+    from pimc.reference.int_ref import _exact_dtype, _exact_matmul
+
+    rng = np.random.default_rng(K)
+    a = rng.integers(0, xmax + 1, size=(2, 33, K), dtype=np.int64)
+    a[0, 0] = xmax  # worst case row and column
+    b = rng.integers(-wmax, wmax + 1, size=(2, K, 5), dtype=np.int64)
+    b[0, :, 0] = wmax
+    dtype, kc = _exact_dtype(K, xmax, wmax)
+    got = _exact_matmul(a.astype(dtype), b.astype(dtype), kc)
+    assert got.dtype == np.int64 and np.array_equal(got, np.matmul(a, b))
+
+
 def test_avgpool_and_requant_formulas():
     """The integer avgpool of the reference equals quantization.md §5.4 evaluated with fractions."""
     from fractions import Fraction

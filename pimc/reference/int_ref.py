@@ -2,8 +2,9 @@
 defines it, on int64 NumPy arrays, independent of any crossbar mapping.
 
 It is the golden model the simulator must match bit for bit on a lossless machine. Matrix products
-run as binary64 BLAS products only when the layer's worst case ``K · max|x| · max|w| < 2^53`` (then
-every partial sum is an integer binary64 represents exactly), else as int64 products.
+run as binary32 BLAS products over chunks of K small enough that every partial sum stays below 2^24
+(summed in binary64), or as binary64 products when ``K · max|x| · max|w| < 2^53``, else as int64
+products: every partial sum is an integer the format represents exactly.
 """
 
 from __future__ import annotations
@@ -142,11 +143,38 @@ def _layer_constants(op: nn.Conv2dOp | nn.GemmOp):
     return w, bias, mult, shift, lo, hi
 
 
-def _matmul(a: np.ndarray, b: np.ndarray, exact_f64: bool) -> np.ndarray:
-    """Exact integer a @ b (int64 result), via binary64 BLAS when that is exact."""
-    if exact_f64:
-        return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
-    return np.matmul(a.astype(np.int64), b.astype(np.int64))
+EXACT_F32 = 1 << 24
+
+
+def _exact_dtype(K: int, xmax: int, wmax: int) -> tuple[type, int]:
+    """The fastest dtype whose products are exact integers, and the K-chunk size for it.
+
+    binary32 BLAS is exact while every partial sum stays below 2^24: chunks of kc rows with
+    kc·xmax·wmax < 2^24 (summed in binary64); else binary64 for the whole K if K·xmax·wmax < 2^53;
+    else int64 (numpy's integer matmul, slow but exact).
+    """
+    unit = max(xmax, 1) * max(wmax, 1)
+    kc = (EXACT_F32 - 1) // unit
+    if kc >= 64:
+        return np.float32, kc
+    if K * unit < EXACT_F64:
+        return np.float64, K
+    return np.int64, K
+
+
+def _exact_matmul(a: np.ndarray, b: np.ndarray, kc: int) -> np.ndarray:
+    """Exact integer ``a @ b`` (int64) for operands of the dtype chosen by ``_exact_dtype``."""
+    if a.dtype == np.int64:
+        return np.matmul(a, b)
+    K = a.shape[-1]
+    if a.dtype == np.float64 or K <= kc:
+        return np.matmul(a, b).astype(np.int64)
+    n = -(-K // kc)
+    step = -(-K // n)  # even chunks of at most kc rows
+    total = np.zeros(a.shape[:-1] + b.shape[-1:], dtype=np.float64)  # < 2^53: exact
+    for k0 in range(0, K, step):
+        total += np.matmul(a[..., k0 : k0 + step], b[..., k0 : k0 + step, :])
+    return total.astype(np.int64)
 
 
 def conv_acc(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group: int, pad_value: int, xmax: int) -> np.ndarray:
@@ -156,7 +184,6 @@ def conv_acc(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group: int,
     sh, sw_ = strides
     pt, pl, pb, pr = pads
     dh, dw = dilations
-    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
     eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     Ho = (H + pt + pb - eh) // sh + 1
     Wo = (W + pl + pr - ew) // sw_ + 1
@@ -164,8 +191,9 @@ def conv_acc(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group: int,
         raise ModelError(f"nn.conv2d: the kernel does not fit the padded input {list(x.shape)}")
     K = cg * kh * kw
     og = cout // group
-    exact = K * max(xmax, 1) * max(int(np.abs(w).max(initial=0)), 1) < EXACT_F64
-    wg = w.reshape(group, og, K).transpose(0, 2, 1)  # [G, K, og]
+    dtype, kc = _exact_dtype(K, xmax, int(np.abs(w).max(initial=0)))
+    xp = np.pad(x.astype(dtype), ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
+    wg = w.reshape(group, og, K).transpose(0, 2, 1).astype(dtype)  # [G, K, og]
     acc = np.empty((B, group, og, Ho, Wo), dtype=np.int64)
     win = sliding_window_view(xp, (eh, ew), axis=(2, 3))[:, :, : (Ho - 1) * sh + 1 : sh, : (Wo - 1) * sw_ + 1 : sw_, ::dh, ::dw]
     # win: [B, C, Ho, Wo, kh, kw]
@@ -174,7 +202,7 @@ def conv_acc(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group: int,
         i1 = min(Ho, i0 + rows)
         part = win[:, :, i0:i1].reshape(B, group, cg, i1 - i0, Wo, kh, kw)
         cols = part.transpose(1, 0, 3, 4, 2, 5, 6).reshape(group, B * (i1 - i0) * Wo, K)
-        res = _matmul(cols, wg, exact)  # [G, P, og]
+        res = _exact_matmul(cols, wg, kc)  # [G, P, og]
         acc[:, :, :, i0:i1, :] = res.reshape(group, B, i1 - i0, Wo, og).transpose(1, 0, 4, 2, 3)
     return acc.reshape(B, cout, Ho, Wo)
 
@@ -193,8 +221,8 @@ def gemm(op: nn.GemmOp, x: np.ndarray) -> np.ndarray:
     w, bias, mult, shift, lo, hi = _layer_constants(op)
     _, _, _, xmax = _params(op.input)
     _, zp_y, _, _ = _params(op.output)
-    exact = w.shape[0] * max(xmax, 1) * max(int(np.abs(w).max(initial=0)), 1) < EXACT_F64
-    acc = _matmul(x, w, exact)
+    dtype, kc = _exact_dtype(w.shape[0], xmax, int(np.abs(w).max(initial=0)))
+    acc = _exact_matmul(x.astype(dtype), w.astype(dtype), kc)
     return intmath.requantize(acc, bias, mult, shift, zp_y, lo, hi)
 
 
