@@ -38,10 +38,8 @@ def main(
         from pimc.quant import quantize_module
         from pimc.reference.int_ref import run_int
 
-        from pimc.frontend.qdq import strip_qdq
-
         cfg = load_config(config)
-        strip_qdq(module)  # an imported QDQ model: all-float, its parameters kept as pimc.qtype
+        # an imported QDQ model keeps its quantize/dequantize pairs: nn-quantize adopts them
         calib = load_inputs(quant["calibration"], module) if quant.get("calibration") else None
         # quantize_module raises the InputError that says how to give calibration data when a
         # float model comes without it

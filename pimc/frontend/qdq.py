@@ -1,10 +1,10 @@
 """From an imported QDQ model to an all-float network that remembers its quantization.
 
 ``import_onnx`` keeps every activation quantization point of a QDQ/QOperator model as an
-``nn.quantize`` -> ``nn.dequantize`` pair, so the float reference reproduces onnxruntime. The
-quantizer (``nn-quantize``) wants an all-float network instead; ``strip_qdq`` replaces each pair
-by an ``nn.clip`` to the range the quantized type covers and records the pair's parameters on it
-as ``pimc.qtype = !nn.q<...>``, where ``nn-quantize`` can adopt them instead of calibrated ranges.
+``nn.quantize`` -> ``nn.dequantize`` pair, so the float reference reproduces onnxruntime and
+``nn-quantize`` adopts the pairs' parameters. Code that wants an all-float network instead uses
+``strip_qdq``: it replaces each pair by an ``nn.clip`` to the range the quantized type covers
+and records the pair's parameters on it as ``pimc.qtype = !nn.q<...>``.
 
 The clip is not optional: quantizers fuse a ReLU into the following QuantizeLinear (zero point 0
 saturates negatives), so dropping the pair would silently drop the ReLU. ``qtype_range`` gives
