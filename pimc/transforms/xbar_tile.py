@@ -131,6 +131,7 @@ def tile_layer(layer: LayerOp, rows: int, cols: int, adc_bits: int, adc_mode: st
     flip = bool(layer.int_prop("flip"))
     dmax = (1 << v) - 1
     out: list[CrossbarOp] = []
+    tables: dict[tuple[int, int], object] = {}
     for sp, c0 in zip(specs, col0s):
         image = np.array(image_of(sp), dtype=np.uint8, order="C", copy=True)
         cmap = smap[sp.cols].copy()
@@ -149,11 +150,13 @@ def tile_layer(layer: LayerOp, rows: int, cols: int, adc_bits: int, adc_mode: st
             max_sum = image.shape[0] * dmax * ((1 << c) - 1)
         else:  # saturate: only a sum beyond 2^A − 1 changes: the data-aware bound
             max_sum = int(image.sum(axis=0, dtype=np.int64).max(initial=0)) * dmax
-        row_table = np.arange(sp.r0, sp.r1, dtype=np.int32)
+        table = tables.get((sp.r0, sp.r1))
+        if table is None:  # crossbars of one row block share their (immutable) row table
+            table = tables[(sp.r0, sp.r1)] = dense(np.arange(sp.r0, sp.r1, dtype=np.int32))
         out.append(
             CrossbarOp(
                 dense(image),
-                dense(row_table),
+                table,
                 int(c0),
                 dense(cmap),
                 adc_bits,
