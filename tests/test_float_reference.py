@@ -7,6 +7,8 @@ graphs) exercise the dynamic batch.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -469,8 +471,6 @@ def test_contrib_qoperator_ops(tmp_path):
 @pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
 def test_onnxruntime_static_quantizer_output(tmp_path, fmt):
     """The MNIST example quantized by onnxruntime's own static quantizer imports and runs."""
-    from pathlib import Path
-
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     root = Path(__file__).resolve().parents[1] / "examples" / "mnist_cnn"
@@ -516,3 +516,27 @@ def test_uint8_model_input_dequantized(tmp_path):
 
     got = run_float(import_onnx(path), {"x": x})["y"]
     assert rel_err(got, ort_run(path, {"x": x})[0]) <= TOL
+
+
+TORCH_MODELS = sorted((Path(__file__).parent / "data").glob("torch_*.onnx"))
+
+
+@pytest.mark.parametrize("path", TORCH_MODELS, ids=[p.stem for p in TORCH_MODELS])
+def test_pytorch_exports(path):
+    """PyTorch exporter output (tests/data/make_torch_models.py): shape arithmetic on a dynamic
+    batch, BN folding, SE blocks, channel shuffle, ceil-mode pools, several opsets."""
+    import onnx
+
+    from pimc.frontend.onnx_import import import_onnx
+    from pimc.reference.float_ref import main_func
+
+    model = onnx.load(path)
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[0] == 0  # the file's batch is symbolic
+    x = np.random.default_rng(len(path.stem)).standard_normal((3, *dims[1:])).astype(np.float32)
+    err, ours, theirs = float_vs_ort(path, {"x": x})
+    assert err <= TOL
+    ops = [op.name for op in main_func(import_onnx(path)).body.blocks[0].ops]
+    n_conv = sum(n.op_type == "Conv" for n in model.graph.node)
+    assert ops.count("nn.conv2d") == n_conv  # every BatchNormalization folded into its conv
+    assert len(TORCH_MODELS) == 7
