@@ -132,6 +132,9 @@ CASES = {
     "bn_after_gemm": (
         [N("Gemm", ["x", "w"], ["g"]), N("BatchNormalization", ["g", "s", "bb", "m", "v"], ["y"])],
         {"x": (1, 8)}, {"w": _r(8, 5), "s": _r(5), "bb": _r(5), "m": _r(5), "v": np.abs(_r(5)) + 0.5}, 13),
+    "bn_after_3d_matmul_not_folded": (
+        [N("MatMul", ["x", "w"], ["g"]), N("BatchNormalization", ["g", "s", "bb", "m", "v"], ["y"])],
+        {"x": (1, 4, 6)}, {"w": _r(6, 5), "s": _r(4), "bb": _r(4), "m": _r(4), "v": np.abs(_r(4)) + 0.5}, 13),
     "bn_2d_standalone": (
         [N("BatchNormalization", ["x", "s", "bb", "m", "v"], ["y"])],
         {"x": (1, 5)}, {"s": _r(5), "bb": _r(5), "m": _r(5), "v": np.abs(_r(5)) + 0.5}, 13),

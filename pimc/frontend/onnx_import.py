@@ -836,7 +836,9 @@ class _Importer:
         src = node.input[0]
         prod = self.producer.get(src)
         sole = self.consumers.get(src, 0) == 1 and src not in self.graph_outputs
-        if sole and isinstance(prod, (nn.Conv2dOp, nn.GemmOp)) and self.env[src].q is None:
+        # a Gemm's channels are its last axis: it folds only when that is BN's axis 1 (2-D output)
+        foldable = isinstance(prod, nn.Conv2dOp) or (isinstance(prod, nn.GemmOp) and len(x.shape) == 2)
+        if sole and foldable and self.env[src].q is None and prod.results[0] is x.ssa:
             w = nn.numpy_from_dense(prod.weight).astype(np.float64)
             old_b = nn.numpy_from_dense(prod.bias).astype(np.float64) if prod.bias is not None else 0.0
             if isinstance(prod, nn.Conv2dOp):
