@@ -64,7 +64,7 @@ and adds ``xbar_rows``, ``xbar_cols`` (the physical crossbar size R × C) and ``
 the layer's column space = Σ crossbar widths). Each ``xbar.crossbar`` carries:
 
 - ``image`` dense ui8 [R', C'] (R' ≤ R, C' ≤ C: only the rows and columns in use; no all-zero
-  crossbar is emitted), ``row_table`` dense i32 [R'] (the row of ``weight`` = im2col column that
+  crossbar is emitted, except one for a layer whose weights are all zero), ``row_table`` dense i32 [R'] (the row of ``weight`` = im2col column that
   drives each physical row; −1 = unused, driven with 0; ``xbar-tile`` itself only emits contiguous
   ranges, −1 is for later passes such as squeeze-out), ``col0`` (its first column in the layer's
   column space), ``colmap`` dense i64 [C', 5] (its columns' ``(out, shift, sign, flip, unit)``,

@@ -120,7 +120,10 @@ def tile_layer(layer: LayerOp, rows: int, cols: int, adc_bits: int, adc_mode: st
 
     # drop crossbars that contribute nothing: all cells zero and no column with a correction term.
     # Images are cut again below rather than kept, so at most one copy of a layer's cells is alive.
-    specs = [sp for sp in specs if image_of(sp).any() or np.any(smap[sp.cols, FLIP] > 0)]
+    kept = [sp for sp in specs if image_of(sp).any() or np.any(smap[sp.cols, FLIP] > 0)]
+    # an all-zero weight matrix keeps one (all-zero) crossbar, so that the layer still has a
+    # column space and code generation a crossbar to read (its output is the bias alone)
+    specs = kept or specs[:1]
 
     col0s = np.cumsum([0] + [len(sp.cols) for sp in specs])
     unit_at: dict[int, int] = {}
