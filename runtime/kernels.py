@@ -292,40 +292,77 @@ def layer_matrix(parts: list[tuple[XbarInfo, int]], k_in: int, ncols: int, colma
     input vector (isa.md §6: "a layer's mvms as one exact integer matrix product").
 
     Column results are linear in the input (no ADC can clip on a lossless crossbar), and so is the
-    shift-and-add with its flipped columns: x @ cells_of_columns @ F @ M = x @ W_eff. ``None`` when an
-    intermediate could leave int64 (the caller then runs the instructions one by one).
+    shift-and-add with its flipped columns: column c contributes ``coef_c · cells[r, c]`` to
+    ``W_eff[t(r), out_c]`` (every output for a unit column), with ``coef_c = ±sign·2^shift``, and a
+    flipped column adds ``flip_c · sign·2^shift`` through its unit column. Built crossbar by
+    crossbar with sparse scatter-adds (a layer's column space can be far wider than its outputs).
+    ``None`` when a sum could leave the exact range (the caller then runs the instructions).
     """
     out, shift, sign, flip, unit = parse_colmap(colmap, n_out, ncols)
-    C = np.zeros((k_in, ncols), dtype=np.int64)
+    w = sign * (np.int64(1) << shift)
+    flipped = flip > 0
+    coef = np.where(out == -2, 0, np.where(flipped, -w, w))  # weight of the column's own result
+    # what flipped columns add through their unit columns: a dense row over outputs per unit column
+    fl = np.nonzero(flipped & (out != -2))[0]
+    units, uidx = np.unique(unit[fl], return_inverse=True)
+    E = np.zeros((units.size, n_out), dtype=np.float64)
+    val = (flip[fl] * w[fl]).astype(np.float64)
+    one = out[fl] >= 0
+    np.add.at(E, (uidx[one], out[fl][one]), val[one])
+    np.add.at(E, uidx[~one], val[~one][:, None])
+    erow = np.full(ncols, -1, dtype=np.int64)  # column -> its row of E (-1: none)
+    erow[units] = np.arange(units.size)
+    eabs = np.zeros(ncols, dtype=np.float64)
+    eabs[units] = np.abs(E).sum(axis=1)
+    # exactness: every partial sum below 2^53
+    total = 0
     for xb, col0 in parts:
-        if xb.rows_used:
-            if int(xb.row_idx.max()) >= k_in:
-                return None  # the unfused path reports the error
-            np.add.at(C, (xb.row_idx[:, None], col0 + np.arange(xb.cols)[None, :]), xb.cells)
-    flipped = np.nonzero(flip > 0)[0]
-    if flipped.size:
-        big = int(np.abs(C).max()) if C.size else 0
-        if big * (int(flip.max()) + 1) >= (1 << 62):
-            return None
-        C[:, flipped] = flip[flipped] * C[:, unit[flipped]] - C[:, flipped]
-    active = np.nonzero(out != -2)[0]
-    w = sign[active] * (np.int64(1) << shift[active])
-    big = int(np.abs(C).max()) if C.size else 0
-    if big * sum(abs(int(x)) for x in w) >= (1 << 62):
+        if xb.rows_used and int(xb.row_idx.max()) >= k_in:
+            return None  # the unfused path reports the error
+        colsum = xb.cells.sum(axis=0)
+        total += int((colsum * np.abs(coef[col0 : col0 + xb.cols])).sum())
+        total += int(colsum.astype(np.float64) @ eabs[col0 : col0 + xb.cols])
+    if total >= (1 << 53):
         return None
-    Wm = np.zeros((k_in, n_out), dtype=np.int64)
-    o = out[active]
-    for_out = o >= 0
-    if for_out.any():
-        cols, outs, ws = active[for_out], o[for_out], w[for_out]
-        order = np.argsort(outs, kind="stable")
-        cols, outs, ws = cols[order], outs[order], ws[order]
-        starts = np.concatenate(([0], np.nonzero(np.diff(outs))[0] + 1))
-        Wm[:, outs[starts]] += np.add.reduceat(C[:, cols] * ws, starts, axis=1)
-    unit_cols = o == -1
-    if unit_cols.any():
-        Wm += (C[:, active[unit_cols]] * w[unit_cols]).sum(axis=1, keepdims=True)
-    return Wm
+    W = np.zeros(k_in * n_out, dtype=np.float64)
+    bcast = np.zeros(k_in, dtype=np.float64)
+    idx_parts: list[np.ndarray] = []
+    val_parts: list[np.ndarray] = []
+    pending = 0
+
+    def flush():
+        nonlocal pending
+        if idx_parts:
+            W[:] += np.bincount(np.concatenate(idx_parts), weights=np.concatenate(val_parts), minlength=k_in * n_out)
+            idx_parts.clear()
+            val_parts.clear()
+        pending = 0
+
+    for xb, col0 in parts:
+        if not xb.rows_used:
+            continue
+        cols = np.arange(col0, col0 + xb.cols)
+        cells = xb.cells.astype(np.float64)
+        direct = np.nonzero(out[cols] >= 0)[0]
+        if direct.size:
+            vals = cells[:, direct] * coef[cols[direct]].astype(np.float64)  # [R, d]
+            idx = xb.row_idx[:, None] * n_out + out[cols[direct]][None, :]
+            keep = vals != 0
+            idx_parts.append(idx[keep])
+            val_parts.append(vals[keep])
+            pending += int(keep.sum())
+        units = np.nonzero(out[cols] == -1)[0]
+        if units.size:
+            np.add.at(bcast, xb.row_idx, cells[:, units] @ coef[cols[units]].astype(np.float64))
+        here = np.nonzero(erow[cols] >= 0)[0]
+        if here.size:
+            contrib = cells[:, here] @ E[erow[cols[here]]]  # [R, N]
+            np.add.at(W.reshape(k_in, n_out), xb.row_idx, contrib)
+        if pending > (1 << 22):
+            flush()
+    flush()
+    Wm = W.reshape(k_in, n_out) + bcast[:, None]
+    return Wm.astype(np.int64)
 
 
 class LayerMatrix:
