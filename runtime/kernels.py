@@ -262,8 +262,9 @@ def shiftadd(src: np.ndarray, colmap: np.ndarray, n_out: int, dst: np.ndarray | 
     if active.size < len(out):
         v, out, w = v[:, active], out[active], w[active]
     vmax = max(abs(int(v.max())), abs(int(v.min()))) if v.size else 0
-    if vmax * sum(abs(int(x)) for x in w) < (1 << 53):
-        # every partial sum is an integer below 2^53: one float64 BLAS product is exact
+    if vmax * int(np.abs(w).astype(object).sum()) < (1 << 53) and len(out) * n_out <= (1 << 24):
+        # every partial sum is an integer below 2^53: one float64 BLAS product is exact (and the
+        # dense [columns, outputs] matrix is small enough; else the int64 scatter below)
         M = np.zeros((len(out), n_out), dtype=np.float64)
         direct = np.nonzero(out >= 0)[0]
         M[direct, out[direct]] = w[direct]
