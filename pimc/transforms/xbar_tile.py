@@ -68,7 +68,7 @@ def plan_tiles(
 
 
 def flip_columns(image: np.ndarray, colmap: np.ndarray, cell_bits: int, unit_cols: np.ndarray) -> None:
-    """ISAAC's flipped-weight encoding, in place, for one crossbar whose rows are all in use.
+    """ISAAC's flipped-weight encoding, in place, over one row block (all its rows in use).
 
     A column whose cell sum exceeds half its range (R'·M/2) is stored complemented (M − cell) and its
     column-map row rewritten so that its contribution is unchanged: with contribution
@@ -112,61 +112,72 @@ def tile_layer(layer: LayerOp, rows: int, cols: int, adc_bits: int, adc_mode: st
     unit_stored = s - 1 if has_unit else -1
     specs = plan_tiles(k, g, n // g, digits, has_unit, rows, cols)
 
-    def image_of(sp: TileSpec) -> np.ndarray:
-        lo, hi = int(sp.cols[0]), int(sp.cols[-1]) + 1
-        if hi - lo == len(sp.cols):  # contiguous columns: a slice (a view), not a gather
-            return cells[sp.r0 : sp.r1, lo:hi]
-        return cells[sp.r0 : sp.r1, sp.cols]
-
-    # drop crossbars that contribute nothing: all cells zero and no column with a correction term.
-    # Images are cut again below rather than kept, so at most one copy of a layer's cells is alive.
-    kept = [sp for sp in specs if image_of(sp).any() or np.any(smap[sp.cols, FLIP] > 0)]
-    # an all-zero weight matrix keeps one (all-zero) crossbar, so that the layer still has a
-    # column space and code generation a crossbar to read (its output is the bias alone)
-    specs = kept or specs[:1]
-
-    col0s = np.cumsum([0] + [len(sp.cols) for sp in specs])
-    unit_at: dict[int, int] = {}
-    for sp, c0 in zip(specs, col0s):
-        hit = np.flatnonzero(sp.cols == unit_stored)
-        if hit.size:
-            unit_at[sp.block] = int(c0 + hit[0])
     flip = bool(layer.int_prop("flip"))
     dmax = (1 << v) - 1
+    m = (1 << c) - 1
+    # an all-zero weight matrix keeps one crossbar, so that the layer still has a column space and
+    # code generation a crossbar to read (its output is the bias alone)
+    all_zero = not cells.any() and not np.any(smap[:, FLIP] > 0)
+    if all_zero:
+        specs = specs[:1]
     out: list[CrossbarOp] = []
-    tables: dict[tuple[int, int], object] = {}
-    for sp, c0 in zip(specs, col0s):
-        image = np.array(image_of(sp), dtype=np.uint8, order="C", copy=True)
-        cmap = smap[sp.cols].copy()
-        unit_cols = sp.cols == unit_stored
-        if flip:
-            if sp.block not in unit_at:
+    col = 0  # next free column of the layer's column space
+    blocks: dict[int, list[TileSpec]] = {}
+    for sp in specs:
+        blocks.setdefault(sp.block, []).append(sp)
+    for block_specs in blocks.values():  # one row block at a time: its rows and all its columns
+        r0, r1 = block_specs[0].r0, block_specs[0].r1
+        all_cols = np.concatenate([sp.cols for sp in block_specs])
+        lo, hi = int(all_cols[0]), int(all_cols[-1]) + 1
+        if hi - lo == len(all_cols) and np.all(np.diff(all_cols) == 1):
+            slab = cells[r0:r1, lo:hi].copy()  # contiguous columns: a slice
+        else:
+            slab = cells[r0:r1, all_cols]  # (a gather copies)
+        cmap = smap[all_cols].copy()
+        bounds = np.cumsum([0] + [len(sp.cols) for sp in block_specs])
+        # drop crossbars that contribute nothing: all cells zero and no column with a correction term
+        nonzero = slab.any(axis=0)
+        keep = [
+            i for i in range(len(block_specs))
+            if all_zero or nonzero[bounds[i] : bounds[i + 1]].any() or np.any(cmap[bounds[i] : bounds[i + 1], FLIP] > 0)
+        ]
+        unit_cols = all_cols == unit_stored
+        if flip:  # decided per column over this row block's rows
+            if not unit_cols.any():
                 raise PipelineError(f"xbar-tile: layer '{layer.layer_name}': flip needs a unit column in every row block")
-            flip_columns(image, cmap, c, unit_cols)
+            flip_columns(slab, cmap, c, unit_cols)
+        # layer columns of the kept crossbars, and where this row block's unit column lands
+        col0s, unit_at = {}, None
+        for i in keep:
+            col0s[i] = col
+            hit = np.flatnonzero(unit_cols[bounds[i] : bounds[i + 1]])
+            if hit.size:
+                unit_at = col + int(hit[0])
+            col += bounds[i + 1] - bounds[i]
         refs = cmap[:, FLIP] > 0
         if refs.any():
-            if sp.block not in unit_at:
+            if unit_at is None:
                 raise PipelineError(f"xbar-tile: layer '{layer.layer_name}': a column references a missing unit column")
-            cmap[refs, UNIT] = unit_at[sp.block]
+            cmap[refs, UNIT] = unit_at
         cmap[~refs, UNIT] = 0
         if adc_mode == "drop-lsb":  # drops bits by the worst-case sum R'·(2^v−1)·(2^c−1) (isa §3.2)
-            max_sum = image.shape[0] * dmax * ((1 << c) - 1)
+            worst = np.full(len(all_cols), (r1 - r0) * dmax * m, dtype=np.int64)
         else:  # saturate: only a sum beyond 2^A − 1 changes: the data-aware bound
-            max_sum = int(image.sum(axis=0, dtype=np.int64).max(initial=0)) * dmax
-        table = tables.get((sp.r0, sp.r1))
-        if table is None:  # crossbars of one row block share their (immutable) row table
-            table = tables[(sp.r0, sp.r1)] = dense(np.arange(sp.r0, sp.r1, dtype=np.int32))
-        out.append(
-            CrossbarOp(
-                dense(image),
-                table,
-                int(c0),
-                dense(cmap),
-                adc_bits,
-                adc_mode,
-                (1 << adc_bits) > max_sum,
+            worst = slab.sum(axis=0, dtype=np.int64) * dmax
+        table = dense(np.arange(r0, r1, dtype=np.int32))  # shared by the row block's crossbars
+        for i in keep:
+            a, b = bounds[i], bounds[i + 1]
+            out.append(
+                CrossbarOp(
+                    dense(slab[:, a:b]),
+                    table,
+                    col0s[i],
+                    dense(cmap[a:b]),
+                    adc_bits,
+                    adc_mode,
+                    (1 << adc_bits) > int(worst[a:b].max()),
+                )
             )
-        )
     return out
 
 
