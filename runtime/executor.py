@@ -767,6 +767,9 @@ def run_program(
 def _progress(total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 
-    prog = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeElapsedColumn(), transient=True)
+    from rich.console import Console  # noqa: PLC0415
+
+    prog = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("images"), TimeElapsedColumn(),
+                    transient=True, console=Console(stderr=True))
     task = prog.add_task("images", total=total)
     return prog, task
