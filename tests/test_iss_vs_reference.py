@@ -181,7 +181,7 @@ LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["squeezenet", "shufflenet"])
+@pytest.mark.parametrize("name", ["squeezenet", "shufflenet", "inception_v1", "densenet121"])
 def test_light_backend_models_on_ideal8_equal_integer_reference(tmp_path, name):
     model = onnx.load(LIGHT / f"light_{name}.onnx")
     inits = {t.name for t in model.graph.initializer}
