@@ -85,7 +85,7 @@ def static_power(cfg: dict, xbars) -> dict[str, float]:
 
 def layer_costs(program, stats, machine) -> list[dict]:
     """Per report layer, in program order: events, dynamic energy, crossbar and digital time (whole run)."""
-    cfg = program.config
+    cfg = machine.cfg
     ee = E.event_energies(cfg)
     layers: OrderedDict[str, dict] = OrderedDict()
     for st in stats:

@@ -18,7 +18,8 @@ import numpy as np
 
 from runtime import kernels as K
 from runtime import kernels_digital as D
-from runtime.errors import ProgramError, RunInputError
+from runtime import hwconfig
+from runtime.errors import ConfigError, ProgramError, RunInputError
 from runtime.model import DTYPES, FORMAT_VERSION, Buffer, Instr, Program
 from runtime.opcodes import OPCODES, canonical_fields, validate_program
 from runtime.report import build_report
@@ -75,7 +76,10 @@ class Machine:
             Instr(i.opcode, canonical_fields(i.opcode, i.fields) if not OPCODES[i.opcode].reserved else i.fields, i.layer)
             for i in program.instrs
         ]
-        self.cfg = program.config or {}
+        try:  # the embedded machine description, checked and completed like any configuration
+            self.cfg = hwconfig.validate(program.config if isinstance(program.config, dict) else {}, "the program's embedded configuration")
+        except ConfigError as err:
+            raise ProgramError(str(err)) from None
         self.buffers: dict[str, Buffer] = {}
         for b in program.buffers:
             if b.dtype not in DTYPES or b.dtype == "f64":
@@ -726,7 +730,7 @@ def run_program(
         raise RunInputError("batch size must be at least 1")
     stats = [InstrStats(i, ins.opcode, ins.layer) for i, ins in enumerate(program.instrs)]
     outs: dict[str, list[np.ndarray]] = {p.name: [] for p in program.outputs}
-    act_bits = (program.config or {}).get("precision", {}).get("act_bits")
+    act_bits = m.cfg["precision"]["act_bits"]
     # without a batch size, one image runs first to measure the memory an image needs, then
     # chunks are sized to stay within MEMORY_BUDGET bytes
     chunk = 1 if batch_size is None else min(B, int(batch_size))

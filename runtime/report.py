@@ -20,7 +20,7 @@ def _div(counters: dict[str, int], n: int) -> dict[str, float]:
 
 def build_report(program, stats, batch: int, wall_s: float, machine, fast_path: bool = True) -> dict:
     """Energy, time and counters of a finished run (whole batch), per inference and in total."""
-    cfg = program.config
+    cfg = machine.cfg
     layers = C.layer_costs(program, stats, machine)
     static = C.static_power(cfg, program.xbars)
     p_static = sum(static.values())
