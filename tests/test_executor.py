@@ -386,3 +386,10 @@ def test_unfused_fast_mvms_next_to_lossy_ones_match_the_bit_level_path():
     assert set(ra["run"]["adc_conversions_by_bits"]) == {"5", "16"}
     assert ra["layers"][0]["path"] == "mixed" and rb["layers"][0]["path"] == "bit-level"
     assert not np.array_equal(a["y"], run_program(exact, {"x": x})[0]["y"])
+
+
+def test_bad_embedded_configuration_is_a_program_error():
+    prog = _small()
+    prog.config = {**prog.config, "adc": {**prog.config["adc"], "rate_gsps": -1.0}}
+    with pytest.raises(ProgramError, match="adc.rate_gsps"):
+        run_program(prog, {"x": np.zeros((1, 3), np.float32)})
