@@ -129,7 +129,7 @@ def machine(m) -> tuple[dict, str]:
     return cfg, pipeline
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(c=conv_case(), m=mapping, seed=st.integers(0, 2**31 - 1))
 def test_conv_on_ideal8_equals_integer_reference(tmp_path, c, m, seed):
     rng = np.random.default_rng(seed)
@@ -140,7 +140,7 @@ def test_conv_on_ideal8_equals_integer_reference(tmp_path, c, m, seed):
     compile_and_compare(tmp_path, model, x, calib, cfg, pipeline)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(K=st.integers(1, 300), N=st.integers(1, 20), trans_b=st.booleans(), m=mapping, seed=st.integers(0, 2**31 - 1))
 def test_gemm_on_ideal8_equals_integer_reference(tmp_path, K, N, trans_b, m, seed):
     rng = np.random.default_rng(seed)
@@ -243,7 +243,7 @@ def digital_model(c, rng) -> tuple[onnx.ModelProto, list[int]]:
     return model, [C, H, H]
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(c=digital_case(), seed=st.integers(0, 2**31 - 1))
 def test_digital_layers_on_ideal8_equal_integer_reference(tmp_path, c, seed):
     rng = np.random.default_rng(seed)
