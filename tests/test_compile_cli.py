@@ -187,7 +187,7 @@ def _light_calibration(tmp_path: Path, name: str) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["squeezenet", "shufflenet", "bvlc_alexnet", "inception_v1", "densenet121"])
+@pytest.mark.parametrize("name", ["squeezenet", "shufflenet", "bvlc_alexnet", "zfnet512", "inception_v1", "inception_v2", "densenet121"])
 def test_light_models_compile_and_round_trip(tmp_path, name):
     model, cal = _light_calibration(tmp_path, name)
     out = tmp_path / f"{name}.pimx"
