@@ -464,8 +464,9 @@ class Machine:
         bias, mult, shift = vecs
         if shift.min() < 0 or shift.max() > 62:
             raise ProgramError(f"instruction {n} (requant): shifts must lie in [0, 62]")
-        y = K.requant(src, bias, mult, shift, int(_need(ins, "zp", n)), int(_need(ins, "lo", n)), int(_need(ins, "hi", n)))
         layout = _need(ins, "layout", n)
+        cm = layout == "nchw" and src.shape[0] > N  # channel-major arithmetic, then the NCHW layout directly
+        y = K.requant(src, bias, mult, shift, int(_need(ins, "zp", n)), int(_need(ins, "lo", n)), int(_need(ins, "hi", n)), channel_major=cm)
         decl = self.decl(dst_name)
         lo, hi = int(ins.fields["lo"]), int(ins.fields["hi"])
         tlo, thi = D.type_range(DTYPES[decl.dtype])
@@ -474,9 +475,12 @@ class Machine:
         y = y.astype(DTYPES[decl.dtype])  # narrow before the layout change: less to move
         if layout == "nchw":
             Ho, Wo = (int(v) for v in _need(ins, "out_hw", n))
-            if Ho * Wo <= 0 or y.shape[0] % (Ho * Wo):
-                raise ProgramError(f"instruction {n} (requant): {y.shape[0]} rows are not a whole number of {Ho}x{Wo} maps")
-            y = y.reshape(-1, Ho, Wo, N).transpose(0, 3, 1, 2)
+            if Ho * Wo <= 0 or src.shape[0] % (Ho * Wo):
+                raise ProgramError(f"instruction {n} (requant): {src.shape[0]} rows are not a whole number of {Ho}x{Wo} maps")
+            if cm:
+                y = y.reshape(N, -1, Ho, Wo).transpose(1, 0, 2, 3)
+            else:
+                y = y.reshape(-1, Ho, Wo, N).transpose(0, 3, 1, 2)
         elif layout == "flat":
             fixed = decl.shape[1:]
             if int(np.prod(fixed)) == 0 or y.size % int(np.prod(fixed)):

@@ -388,11 +388,19 @@ class LayerMatrix:
 # ------------------------------------------------------------------------------------ requant
 
 
-def requant(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int) -> np.ndarray:
-    """clamp(rne((src + bias)·mult / 2^shift) + zp, lo, hi) per column n (isa.md §3.4)."""
-    acc = np.add(src, np.asarray(bias, dtype=np.int64), dtype=np.int64)
+def requant(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int, channel_major: bool = False) -> np.ndarray:
+    """clamp(rne((src + bias)·mult / 2^shift) + zp, lo, hi) per column n (isa.md §3.4).
+
+    ``channel_major``: return the result as [N, P] (C order), computed that way, so the
+    per-channel constants broadcast along long rows (much faster when N is small)."""
+    bias = np.asarray(bias, dtype=np.int64)
     mult = np.asarray(mult, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
+    if channel_major:
+        acc = np.add(src.T, bias.reshape(-1, 1), dtype=np.int64, order="C")
+        mult, shift = mult.reshape(-1, 1), shift.reshape(-1, 1)
+    else:
+        acc = np.add(src, bias, dtype=np.int64)
     amax = max(abs(int(acc.max())), abs(int(acc.min()))) if acc.size else 0
     mmax = int(np.abs(mult).max()) if mult.size else 0
     if shift.size and int(shift.min()) >= 1 and amax * mmax + (1 << int(shift.max())) < (1 << 62):
