@@ -14,7 +14,6 @@ from typing import Any
 from runtime.errors import UserError
 
 
-
 def _print_ir(module, output_path: str | None) -> None:
     from xdsl.printer import Printer
 
@@ -60,7 +59,7 @@ def quantize(module, cfg: dict, quant: dict[str, Any]) -> None:
     )
 
 
-def print_stats(module) -> None:
+def print_stats(module, stream=None) -> None:
     """Crossbars, cells used and utilization per layer (``mapping_stats``) as a table, then the
     totals that have no column (chips, traffic between chips)."""
     from rich.console import Console
@@ -80,7 +79,7 @@ def print_stats(module) -> None:
     if total is not None:
         table.add_section()
         table.add_row(*[_fmt(total.get(k)) for k in keys])
-    console = Console(file=sys.stdout, width=160)
+    console = Console(file=stream or sys.stdout, width=160)
     console.print(table)
     for k, v in (total or {}).items():
         if k not in keys:
@@ -137,8 +136,8 @@ def main(
 
     ctx = pl.make_context()
     pl.run_pipeline(module, pl.parse(before, passes), ctx=ctx)
-    if stats:
-        print_stats(module)
+    if stats:  # on stderr when the IR or assembly text goes to stdout
+        print_stats(module, sys.stderr if emit != "program" and not output_path else sys.stdout)
     if emit == "xbar":
         return _print_ir(module, output_path)
     pl.run_pipeline(module, pl.parse(after, passes), ctx=ctx)
@@ -163,7 +162,8 @@ def main(
     out = Path(output_path) if output_path else Path(model).with_suffix(".pimx")
     save_program(program, out)
     print(
-        f"wrote {out}: {len(program.instrs)} instructions, {len(program.xbars)} crossbars",
+        f"wrote {out}: {len(program.instrs)} instructions, {len(program.xbars)} crossbars, "
+        f"{out.stat().st_size:,} bytes",
         file=sys.stderr,
     )
 
