@@ -86,7 +86,7 @@ def _child(program_path: str, input_path: str, fast: bool) -> None:
 
 
 def bench_one(name: str, machine: str, batch: int, repeat: int, workdir: Path) -> dict:
-    from pimc.commands.simulate import compile_program
+    from pimc.driver import QuantOptions, compile_model
     from runtime.container import save_program
     from runtime.executor import run_program
 
@@ -94,7 +94,7 @@ def bench_one(name: str, machine: str, batch: int, repeat: int, workdir: Path) -
     calib_path = workdir / f"{name}.calib.npy"
     np.save(calib_path, calib)
     t0 = time.perf_counter()
-    program = compile_program(str(model_path), None, (), _config(machine), (), {"calibration": str(calib_path)})
+    program = compile_model(model_path, _config(machine), QuantOptions(calibration=str(calib_path))).program
     compile_s = time.perf_counter() - t0
     x = make_input(batch).astype(np.float32)
     sess = _ort_session(model_path)

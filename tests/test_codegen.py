@@ -258,13 +258,12 @@ _ = (Builtin, attach_config, run_int_codes)
 def test_compiled_example_simulates_bit_exactly_on_ideal8(pipeline):
     """The MNIST example through the whole compiler, run by the simulator on the lossless machine,
     equals the integer reference of the same quantized network, code for code."""
-    from pimc.commands.simulate import compile_with_module
+    from pimc.driver import QuantOptions, compile_model
     from runtime.executor import run_program
 
-    quant = {"calibration": str(ROOT / "examples" / "mnist_cnn" / "calib.npy")}
-    program, module_q = compile_with_module(
-        str(ROOT / "examples" / "mnist_cnn" / "model.onnx"), pipeline, (), "ideal8", (), quant
-    )
+    quant = QuantOptions(calibration=str(ROOT / "examples" / "mnist_cnn" / "calib.npy"))
+    c = compile_model(ROOT / "examples" / "mnist_cnn" / "model.onnx", "ideal8", quant, pipeline)
+    program, module_q = c.program, c.quantized
     x = np.load(ROOT / "examples" / "mnist_cnn" / "samples.npy")
     name = program.inputs[0].name
     want = run_int(module_q, {name: x})

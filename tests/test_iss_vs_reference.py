@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto as T
 from onnx import helper as h
 
-from pimc.commands.simulate import compile_with_module
+from pimc.driver import QuantOptions, compile_model
 from pimc.hw import load_config
 from pimc.reference.int_ref import run_int_codes
 from runtime.executor import run_program
@@ -37,7 +37,8 @@ def compile_and_compare(tmp: Path, model: onnx.ModelProto, x: np.ndarray, calib:
     path = tmp / "m.onnx"
     onnx.save(model, path)
     np.save(tmp / "cal.npy", calib)
-    program, module_q = compile_with_module(str(path), pipeline, (), cfg, (), {"calibration": str(tmp / "cal.npy")})
+    c = compile_model(path, cfg, QuantOptions(calibration=str(tmp / "cal.npy")), pipeline)
+    program, module_q = c.program, c.quantized
     inits = {t.name for t in model.graph.initializer}
     name = next(i.name for i in model.graph.input if i.name not in inits)
     ref = run_int_codes(module_q, {name: x})
@@ -166,7 +167,7 @@ def test_example_accuracy_on_isaac8_within_half_a_percent_of_float(tmp_path):
     y = np.load(EXAMPLE / "test_labels.npy")
     assert len(x) >= 1000
     np.save(tmp_path / "cal.npy", np.load(EXAMPLE / "calib.npy"))
-    program, _ = compile_with_module(str(EXAMPLE / "model.onnx"), None, (), "isaac8", (), {"calibration": str(tmp_path / "cal.npy")})
+    program = compile_model(EXAMPLE / "model.onnx", "isaac8", QuantOptions(calibration=str(tmp_path / "cal.npy"))).program
     out, rep = run_program(program, {"input": x}, batch_size=400)
     sim = out["logits"].argmax(1)
     sess = ort.InferenceSession(str(EXAMPLE / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -26,39 +26,6 @@ def _print_ir(module, output_path: str | None) -> None:
         sys.stdout.write("\n")
 
 
-def resolve_config(config: str, quant: dict[str, Any]) -> dict:
-    """The hardware configuration, with the command line's --weight-bits/--act-bits applied."""
-    from pimc.hw import load_config
-    from runtime.hwconfig import validate
-
-    cfg = load_config(config)
-    over = {k: quant.get(k) for k in ("weight_bits", "act_bits") if quant.get(k) is not None}
-    if over:
-        cfg = dict(cfg)
-        cfg["precision"] = {**cfg["precision"], **over}
-        cfg = validate(cfg, f"{config} with --weight-bits/--act-bits")
-    return cfg
-
-
-def quantize(module, cfg: dict, quant: dict[str, Any]) -> None:
-    """Calibrates a float model on the user's data (``--calibration``) and quantizes it in place;
-    a float model without calibration data is an error that says how to give it."""
-    from pimc.quant import quantize_module
-
-    calib = None
-    if quant.get("calibration"):
-        from pimc.frontend.inputs import load_inputs
-
-        calib = load_inputs(quant["calibration"], module)
-    quantize_module(
-        module,
-        calib,
-        cfg,
-        method=quant.get("calib_method") or "minmax",
-        percentile=quant.get("percentile") or 99.99,
-    )
-
-
 def print_stats(module, stream=None) -> None:
     """Crossbars, cells used and utilization per layer (``mapping_stats``) as a table, then the
     totals that have no column (chips, traffic between chips)."""
@@ -119,50 +86,36 @@ def main(
     input_shapes: tuple[str, ...],
     quant: dict[str, Any],
 ) -> None:
-    from pimc import pipeline as pl
+    from pimc import driver
 
-    cfg = resolve_config(config, quant)
+    q = driver.QuantOptions.from_cli(quant)
+    cfg = driver.resolve_config(config, q)
+    pipe = driver.Pipeline(cfg, pipeline, plugins)
     if print_pipeline:
-        print(pl.default_pipeline(cfg))
+        print(pipe.text)
         return
     if not model:
         raise UserError("pimc compile needs a MODEL.onnx (or --print-pipeline)")
-    text = pipeline if pipeline is not None else pl.default_pipeline(cfg)
-    passes = pl.available_passes(plugins)
-    pl.parse(text, passes)  # fail on a bad pipeline before the (slow) import
-    before, after = pl.split_at_codegen(text, passes)
-    if emit in ("isa", "asm", "program") and not after:
-        raise UserError(
-            f"--emit {emit} needs the pipeline to end with '{pl.CODEGEN_PASS}' (got {text!r}); "
-            "use --emit xbar to stop at the mapping level"
-        )
+    if emit in ("isa", "asm", "program"):
+        pipe.require_codegen(f"--emit {emit}")
 
-    from pimc.frontend.onnx_import import import_onnx, parse_input_shapes
-    from pimc.hw import attach_config
-
-    module = import_onnx(model, parse_input_shapes(input_shapes) or None)
-    attach_config(module, cfg)
+    module = driver.load_model(model, cfg, input_shapes)
     if emit == "nn":
         return _print_ir(module, output_path)
-
-    quantize(module, cfg, quant)
+    driver.quantize(module, cfg, q)
     if emit == "quant":
         return _print_ir(module, output_path)
-
-    ctx = pl.make_context()
-    pl.run_pipeline(module, pl.parse(before, passes), ctx=ctx)
+    pipe.run_mapping(module)
     if stats:  # on stderr when the IR or assembly text goes to stdout
         print_stats(module, sys.stderr if emit != "program" and not output_path else sys.stdout)
     if emit == "xbar":
         return _print_ir(module, output_path)
     _warn_replication(module)
-    pl.run_pipeline(module, pl.parse(after, passes), ctx=ctx)
+    pipe.run_codegen(module)
     if emit == "isa":
         return _print_ir(module, output_path)
 
-    from pimc.backend.emit import emit_program
-
-    program = emit_program(module, cfg)
+    program = driver.emit(module, cfg)
     if emit == "asm":
         from runtime.asm import disassemble
 
@@ -182,4 +135,3 @@ def main(
         f"{out.stat().st_size:,} bytes",
         file=sys.stderr,
     )
-

@@ -15,16 +15,16 @@ from pimc.errors import InputError
 def main(model: str, output_path: str, config: str, input_shapes: tuple[str, ...], quant: dict[str, Any]) -> None:
     import onnx
 
-    from pimc.commands.compile import quantize, resolve_config
-    from pimc.frontend.onnx_import import import_onnx, parse_input_shapes
+    from pimc import driver
     from pimc.quant.qdq_export import export_qdq
 
     out = Path(output_path)
     if out.suffix.lower() != ".onnx":
         raise InputError(f"{output_path}: the QDQ model is an ONNX file; give an output path ending in .onnx")
-    module = import_onnx(model, parse_input_shapes(input_shapes))
-    cfg = resolve_config(config, quant)
-    quantize(module, cfg, quant)
+    q = driver.QuantOptions.from_cli(quant)
+    cfg = driver.resolve_config(config, q)
+    module = driver.load_model(model, cfg, input_shapes)
+    driver.quantize(module, cfg, q)
     qdq = export_qdq(module, model)
     try:
         onnx.save(qdq, out)

@@ -34,23 +34,15 @@ def main(
 
         outputs = run_float(module, inputs)
     else:
-        from pimc.hw import load_config
-        from pimc.quant import quantize_module
+        from pimc import driver
+        from pimc.hw import attach_config
         from pimc.reference.int_ref import run_int
 
-        cfg = load_config(config)
-        # an imported QDQ model keeps its quantize/dequantize pairs: nn-quantize adopts them
-        calib = load_inputs(quant["calibration"], module) if quant.get("calibration") else None
-        # quantize_module raises the InputError that says how to give calibration data when a
-        # float model comes without it
-        quantize_module(
-            module,
-            calib,
-            cfg,
-            weight_bits=quant.get("weight_bits"),
-            act_bits=quant.get("act_bits"),
-            method=quant.get("calib_method") or "minmax",
-            percentile=quant.get("percentile") or 99.99,
-        )
+        q = driver.QuantOptions.from_cli(quant)
+        cfg = driver.resolve_config(config, q)
+        attach_config(module, cfg)
+        # a float model without calibration data gets the error that says how to give it; an
+        # imported QDQ model keeps its quantize/dequantize pairs and needs none
+        driver.quantize(module, cfg, q)
         outputs = run_int(module, inputs)
     save_outputs(output_path, outputs)
