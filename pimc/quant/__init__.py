@@ -53,8 +53,10 @@ def quantize_module(
         missing = missing_ranges(module)
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            source = module.attributes.get("pimc.source")
+            what = source.data if source is not None else "the model"
             raise InputError(
-                "the model is a float model: quantization needs calibration inputs to choose activation "
+                f"{what} is a float model: quantization needs calibration inputs to choose activation "
                 "ranges; give a batch of typical inputs with --calibration FILE.npy (batch first, in the "
                 "model's input layout) or --calibration FILE.npz (one array per input name) "
                 f"(without quantization parameters: {', '.join(missing[:3])}{more})"
