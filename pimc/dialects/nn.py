@@ -90,7 +90,7 @@ class QuantType(ParametrizedAttribute, TypeAttribute):
     def print_parameters(self, printer: Printer) -> None:
         with printer.in_angle_brackets():
             printer.print_string(f"{'i' if self.signed.data else 'u'}{self.bits.data}, ")
-            printer.print_string(repr(self.scale.data))
+            printer.print_string(_float_literal(self.scale.data))
             printer.print_string(f", {self.zero_point.data}")
 
     @classmethod
@@ -114,6 +114,16 @@ class QuantType(ParametrizedAttribute, TypeAttribute):
             raise VerifyException(
                 f"!nn.q: zero point {self.zero_point.data} outside [{self.qmin}, {self.qmax}]"
             )
+
+
+def _float_literal(value: float) -> str:
+    """The shortest text that reads back as exactly ``value`` and that the MLIR lexer takes as a
+    float (it needs a '.': Python's ``1e-07`` becomes ``1.0e-07``)."""
+    text = repr(float(value))
+    if "." not in text and "e" in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return text
 
 
 # --------------------------------------------------------------------------------------------------
