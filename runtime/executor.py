@@ -64,7 +64,7 @@ class Machine:
     """A program prepared for execution: declarations indexed and checked once, then run per chunk."""
 
     def __init__(self, program: Program):
-        if tuple(program.version) != tuple(FORMAT_VERSION):
+        if program.version[0] != FORMAT_VERSION[0] or program.version[1] > FORMAT_VERSION[1]:  # older minors run
             raise ProgramError(
                 f"program format version {program.version[0]}.{program.version[1]} is not supported by this runtime "
                 f"(it runs version {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]})"
@@ -132,7 +132,8 @@ class Machine:
                 self.free_after.setdefault(i, []).append(name)
         self.peak_bytes = 0
         self.groups = self._fusable_groups(last)
-        self.layer_mats: dict[int, np.ndarray | None] = {}
+        self.layer_mats: dict[tuple[int, int], K.LayerMatrix | None] = {}
+        self.prepared = False
         self.nz_tables: dict[tuple[int, int], np.ndarray] = {}
 
     def _fusable_groups(self, last: dict[str, int]) -> dict[int, tuple[list[int], int]]:
@@ -272,37 +273,70 @@ class Machine:
             for key in [k for k in self.checked if k[0] == name]:
                 del self.checked[key]
 
-    def _run_fused(self, first: int, stats: list[InstrStats]) -> bool:
-        """A lossless layer's mvms and shiftadd as one exact product x @ W_eff, with the events the
-        instructions would count. False (nothing done) when it does not apply; then they run one by one."""
+    def _fused_static(self, first: int):
+        """What a fused group needs that does not depend on the data: (mvm instrs, crossbars, bits,
+        shiftadd instr, cols decl, out decl), or None when the group cannot run fused."""
         idx, sa = self.groups[first]
         mv = [self.instrs[k] for k in idx]
         f0 = mv[0].fields
-        src_name, cols_name = f0["src"], f0["dst"]
-        if cols_name in self.env or src_name not in self.env:
-            return False  # stale columns from an earlier use would survive the unfused path; errors go there too
         bits = int(f0["bits"])
         xbs = [self.xbars[int(ins.fields["xbar"])] for ins in mv]
         for ins, xb in zip(mv, xbs):
             dac = int(ins.fields["dac_bits"])
-            if not xb.provably_lossless(dac) or ins.fields["order"] not in ("lsb", "msb"):
-                return False
+            if dac < 1 or not xb.provably_lossless(dac) or ins.fields["order"] not in ("lsb", "msb"):
+                return None
         sa_ins = self.instrs[sa]
-        cdecl, odecl = self.buffers.get(cols_name), self.buffers.get(sa_ins.fields["dst"])
+        cdecl, odecl = self.buffers.get(f0["dst"]), self.buffers.get(sa_ins.fields["dst"])
         if cdecl is None or odecl is None or len(cdecl.shape) != 2 or len(odecl.shape) != 2 or int(sa_ins.fields["init"]) != 1:
+            return None
+        return mv, xbs, bits, sa_ins, cdecl, odecl
+
+    def _layer_matrix(self, first: int, k_in: int):
+        """The fused layer matrix W_eff of group ``first`` for inputs of width ``k_in`` (built once
+        per program and input width, cached on the machine)."""
+        key = (first, k_in)
+        if key not in self.layer_mats:
+            lm = None
+            st = self._fused_static(first)
+            if st is not None:
+                mv, xbs, bits, sa_ins, cdecl, odecl = st
+                colmap = self.consts.get(sa_ins.fields["colmap"])
+                parts = [(xb, int(ins.fields["col0"])) for ins, xb in zip(mv, xbs)]
+                if colmap is not None and not any(c0 < 0 or c0 + xb.cols > cdecl.shape[1] for xb, c0 in parts):
+                    try:
+                        Wm = K.layer_matrix(parts, k_in, cdecl.shape[1], colmap, odecl.shape[1])
+                    except ProgramError:
+                        Wm = None  # the unfused path reports the error
+                    lm = None if Wm is None else K.LayerMatrix(Wm, bits)
+            self.layer_mats[key] = lm
+        return self.layer_mats[key]
+
+    def prepare(self, fast_path: bool) -> None:
+        """Build, once per program, the per-layer matrices the fast path multiplies by (from the
+        declared input widths); done before execution is timed (``prepare_wall_s``)."""
+        if not fast_path or self.prepared:
+            return
+        for first in self.groups:
+            sdecl = self.buffers.get(self.instrs[first].fields["src"])
+            if sdecl is not None and sdecl.shape:
+                self._layer_matrix(first, int(sdecl.shape[-1]))
+        self.prepared = True
+
+    def _run_fused(self, first: int, stats: list[InstrStats]) -> bool:
+        """A lossless layer's mvms and shiftadd as one exact product x @ W_eff, with the events the
+        instructions would count. False (nothing done) when it does not apply; then they run one by one."""
+        idx, sa = self.groups[first]
+        f0 = self.instrs[first].fields
+        src_name, cols_name = f0["src"], f0["dst"]
+        if cols_name in self.env or src_name not in self.env:
+            return False  # stale columns from an earlier use would survive the unfused path; errors go there too
+        st = self._fused_static(first)
+        if st is None:
             return False
+        mv, xbs, bits, sa_ins, cdecl, odecl = st
         src = self.env[src_name]
         src2d = src.reshape(-1, src.shape[-1]) if src.ndim != 2 else src
-        if first not in self.layer_mats:
-            colmap = self.consts.get(sa_ins.fields["colmap"])
-            if colmap is None:
-                return False
-            parts = [(xb, int(ins.fields["col0"])) for ins, xb in zip(mv, xbs)]
-            if any(c0 + xb.cols > cdecl.shape[1] for xb, c0 in parts):
-                return False
-            Wm = K.layer_matrix(parts, src2d.shape[1], cdecl.shape[1], colmap, odecl.shape[1])
-            self.layer_mats[first] = None if Wm is None else K.LayerMatrix(Wm)
-        lm = self.layer_mats[first]
+        lm = self._layer_matrix(first, src2d.shape[1])
         if lm is None or lm.Wm.shape[0] != src2d.shape[1]:
             return False
         self.pc = first
@@ -728,8 +762,11 @@ def run_program(
     sized from the memory the first image needed (``MEMORY_BUDGET``). ``fast_path=False``
     forces the bit-level mvm everywhere (results and counters are identical, only slower).
     """
-    m = Machine(program)
+    m = machine_for(program)
     B = check_inputs(program, inputs, m.buffers)
+    tp = time.perf_counter()
+    m.prepare(fast_path)
+    prepare_wall = time.perf_counter() - tp
     if batch_size is not None and int(batch_size) < 1:
         raise RunInputError("batch size must be at least 1")
     stats = [InstrStats(i, ins.opcode, ins.layer) for i, ins in enumerate(program.instrs)]
@@ -769,7 +806,38 @@ def run_program(
     wall = time.perf_counter() - t0
     outputs = {k: np.concatenate(v, axis=0) for k, v in outs.items()}
     report = build_report(program, stats, B, wall, m, fast_path=fast_path)
+    report["prepare_wall_s"] = prepare_wall
     return outputs, report
+
+
+def _fingerprint(program: Program) -> tuple:
+    """What a prepared Machine depends on: the program's declarations and instructions (by value)
+    and its constant arrays (by identity, shape and type)."""
+    return (
+        tuple(program.version),
+        repr(program.config),
+        repr(program.instrs),
+        repr(program.xbars),
+        repr(program.buffers),
+        repr(program.inputs),
+        repr(program.outputs),
+        tuple((c.name, id(c.array), c.array.shape, c.array.dtype.str) for c in program.consts),
+    )
+
+
+def machine_for(program: Program) -> Machine:
+    """The prepared Machine of ``program``: built once and kept on the program object (with what it
+    was built from), so repeated runs do not check, index and prepare the program again."""
+    fp = _fingerprint(program)
+    cached = getattr(program, "_runtime_machine", None)
+    if cached is not None and cached[0] == fp:
+        return cached[1]
+    m = Machine(program)
+    try:
+        object.__setattr__(program, "_runtime_machine", (fp, m))
+    except (AttributeError, TypeError):
+        pass  # a program object that takes no attributes: prepared per run
+    return m
 
 
 def _progress(total: int):

@@ -367,22 +367,74 @@ def layer_matrix(parts: list[tuple[XbarInfo, int]], k_in: int, ncols: int, colma
 
 
 class LayerMatrix:
-    """W_eff with its exactness bound and float copies, prepared once per program."""
+    """W_eff with its exactness plan and float copies, prepared once per program.
 
-    def __init__(self, Wm: np.ndarray):
+    The product x @ W_eff (x: unsigned ``bits``-wide codes) is computed with float32 BLAS in
+    chunks of the K axis whose worst-case partial sums, ``(2^bits − 1) · Σ_k∈chunk |W[k, n]|``,
+    stay below 2^24 (every partial sum of the SGEMM is then an exact integer, in any summation
+    order), the chunk results added in float64 (exact below 2^53); a row alone too large for
+    float32 makes the whole product one float64 DGEMM (exact below 2^53); beyond that, None."""
+
+    def __init__(self, Wm: np.ndarray, bits: int | None = None):
         self.Wm = Wm
-        self.colsum = int(np.abs(Wm).sum(axis=0).max()) if Wm.size else 0
-        self.f32 = Wm.astype(np.float32)
-        self.f64 = Wm.astype(np.float64)
+        absw = np.abs(Wm).astype(np.float64)
+        self.colsum = int(absw.sum(axis=0).max()) if Wm.size else 0
+        self._abscum = None
+        self._absw = absw
+        self.plans: dict[int, list[tuple[int, int]] | None] = {}
+        self.f32: np.ndarray | None = None
+        self.f64: np.ndarray | None = None
+        if bits is not None:
+            self.plan(bits)
+        self._absw = None
+
+    def plan(self, bits: int):
+        """K-chunks [(k0, k1)] for float32, or None when float64 is needed."""
+        if bits in self.plans:
+            return self.plans[bits]
+        xmax = (1 << bits) - 1
+        K = self.Wm.shape[0]
+        absw = self._absw if self._absw is not None else np.abs(self.Wm).astype(np.float64)
+        limit = float(1 << 24)
+        chunks: list[tuple[int, int]] | None = []
+        if K and xmax * float(absw.max(initial=0)) >= limit:
+            chunks = None
+        else:
+            cum = np.zeros((K + 1, absw.shape[1]), dtype=np.float64)
+            np.cumsum(absw, axis=0, out=cum[1:])
+            k0 = 0
+            while k0 < K:  # per chunk (a few per layer)
+                grow = (cum[k0 + 1 :] - cum[k0]).max(axis=1, initial=0) * xmax  # non-decreasing in k1
+                n_ok = int(np.searchsorted(grow, limit, side="left"))  # chunks [k0, k0 + n_ok) fit
+                k1 = k0 + max(1, n_ok)
+                chunks.append((k0, k1))
+                k0 = k1
+        if chunks is not None and self.f32 is None:
+            self.f32 = self.Wm.astype(np.float32)
+        if chunks is None and self.f64 is None:
+            self.f64 = self.Wm.astype(np.float64)
+        self.plans[bits] = chunks
+        return chunks
 
     def apply(self, x: np.ndarray, bits: int) -> np.ndarray | None:
-        """x @ W_eff exactly (float32 BLAS below 2^24, float64 below 2^53), or None beyond."""
+        """x @ W_eff exactly (chunked float32 BLAS, float64 below 2^53), or None beyond."""
         bound = ((1 << bits) - 1) * self.colsum
-        if bound < (1 << 24):
-            return (x.astype(np.float32) @ self.f32).astype(np.int64)
-        if bound < (1 << 53):
+        if bound >= (1 << 53):
+            return None
+        chunks = self.plan(bits)
+        if chunks is None:
             return (x.astype(np.float64) @ self.f64).astype(np.int64)
-        return None
+        xf = x.astype(np.float32)
+        if len(chunks) == 1:
+            return (xf @ self.f32).astype(np.int64)
+        acc = None
+        for k0, k1 in chunks:
+            part = xf[:, k0:k1] @ self.f32[k0:k1]
+            if acc is None:
+                acc = part.astype(np.float64)
+            else:
+                acc += part
+        return acc.astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------ requant
