@@ -132,9 +132,45 @@ class Machine:
                 self.free_after.setdefault(i, []).append(name)
         self.peak_bytes = 0
         self.groups = self._fusable_groups(last)
+        self.mvm_runs = self._mvm_runs()
+        self.xbar_groups: dict[tuple[int, ...], K.XbarGroup] = {}
         self.layer_mats: dict[tuple[int, int], K.LayerMatrix | None] = {}
         self.prepared = False
         self.nz_tables: dict[tuple[int, int], np.ndarray] = {}
+
+    def _mvm_runs(self) -> dict[int, list[list[int]]]:
+        """Runs of consecutive mvms (same source, destination, width and DAC width) split into the
+        sets of crossbars that share a row table (a layer's row block): on the bit-level path
+        each set runs as one grouped product (``kernels.mvm_group``)."""
+        runs: dict[int, list[list[int]]] = {}
+        ins, n, i = self.instrs, len(self.instrs), 0
+        keys = ("src", "dst", "bits", "dac_bits")
+        while i < n:
+            if ins[i].opcode != "mvm":
+                i += 1
+                continue
+            f0 = ins[i].fields
+            j = i
+            while j < n and ins[j].opcode == "mvm" and all(ins[j].fields.get(k) == f0.get(k) for k in keys):
+                j += 1
+            sets: dict[bytes, list[int]] = {}
+            for k in range(i, j):
+                xid = ins[k].fields.get("xbar")
+                xb = self.xbars.get(int(xid)) if isinstance(xid, int) else None
+                if xb is None:
+                    continue
+                sets.setdefault(xb.row_idx.tobytes(), []).append(k)
+            if j - i > 1:
+                runs[i] = [v for v in sets.values() if len(v) > 1]
+            i = j
+        return runs
+
+    def _group_of(self, members: list[int]) -> K.XbarGroup:
+        key = tuple(members)
+        g = self.xbar_groups.get(key)
+        if g is None:
+            g = self.xbar_groups[key] = K.XbarGroup([self.xbars[int(self.instrs[k].fields["xbar"])] for k in members])
+        return g
 
     def _fusable_groups(self, last: dict[str, int]) -> dict[int, tuple[list[int], int]]:
         """Runs of mvms (same source, destination and width) whose column results only the next
@@ -248,6 +284,12 @@ class Machine:
                 last = self.groups[i][1]
                 self._after(last)
                 i = last + 1
+                continue
+            if i in self.mvm_runs and self.mvm_runs[i]:
+                end = self._run_mvm_run(i, stats, fast_path)
+                for k in range(i, end):
+                    self._after(k)
+                i = end
                 continue
             out = _DISPATCH[ins.opcode](self, ins, fast_path)
             st = stats[i]
@@ -390,17 +432,15 @@ class Machine:
             self.homes[dst_name] = self.homes[f["src"]]
         return {"buffer_read_bytes": out.nbytes, "buffer_write_bytes": out.nbytes}
 
-    def op_mvm(self, ins: Instr, fast_path: bool):
+    def _mvm_pre(self, ins: Instr, fast_path: bool):
         xid = int(_need(ins, "xbar", self.pc))
         if xid not in self.xbars:
             raise ProgramError(f"instruction {self.pc} (mvm) names undeclared crossbar {xid}")
         xb = self.xbars[xid]
-        src_name, dst_name = _need(ins, "src", self.pc), _need(ins, "dst", self.pc)
+        src_name = _need(ins, "src", self.pc)
         src = self.read(src_name)
         src2d = src.reshape(-1, src.shape[-1]) if src.ndim != 2 else src
         bits, dac_bits = int(_need(ins, "bits", self.pc)), int(_need(ins, "dac_bits", self.pc))
-        col0 = int(_need(ins, "col0", self.pc))
-        order = _need(ins, "order", self.pc)
         lossless = xb.provably_lossless(dac_bits) if dac_bits >= 1 else False
         if xb.lossless_flag and not lossless:
             raise ProgramError(
@@ -412,7 +452,17 @@ class Machine:
         if self.checked.get(key) is not src:  # once per source array and width, not per crossbar
             K.check_codes(src2d, bits, f"mvm on crossbar {xid} (instruction {self.pc})")
             self.checked[key] = src
-        res, events = K.mvm(src2d, xb, bits, dac_bits, order, use_fast)
+        return xb, src2d, bits, dac_bits, use_fast
+
+    def op_mvm(self, ins: Instr, fast_path: bool):
+        xb, src2d, bits, dac_bits, use_fast = self._mvm_pre(ins, fast_path)
+        res, events = K.mvm(src2d, xb, bits, dac_bits, _need(ins, "order", self.pc), use_fast)
+        return self._mvm_post(ins, xb, src2d, bits, dac_bits, use_fast, res, events)
+
+    def _mvm_post(self, ins: Instr, xb, src2d, bits: int, dac_bits: int, use_fast: bool, res, events):
+        xid = xb.id
+        src_name, dst_name = ins.fields["src"], _need(ins, "dst", self.pc)
+        col0 = int(_need(ins, "col0", self.pc))
         decl = self.decl(dst_name)
         if len(decl.shape) != 2:
             raise ProgramError(f"mvm destination {dst_name!r} must be a 2-d [P, columns] buffer")
@@ -437,6 +487,65 @@ class Machine:
         self.colhomes[dst_name][col0] = (place, xb.cols, psum_bytes, xid)
         T = _ceil_div(bits, dac_bits)
         return events, {"adc": {xb.adc_bits: events["adc_conversions"]}, "path": "fast" if use_fast else "bit-level", "xbar": xid, "steps": T}
+
+    def _record(self, k: int, out, stats: list[InstrStats]) -> None:
+        st = stats[k]
+        events, extra = out
+        st.add(events)
+        for b, v in extra.get("adc", {}).items():
+            st.adc_by_bits[b] = st.adc_by_bits.get(b, 0) + v
+        st.path = extra["path"] if st.path in (None, extra["path"]) else "mixed"
+        st.xbar = extra.get("xbar", st.xbar)
+
+    def _run_mvm_run(self, first: int, stats: list[InstrStats], fast_path: bool) -> int:
+        """A run of mvms: the crossbars sharing a row table that take the bit-level path run as one
+        grouped product; the others one by one. Returns the index after the run."""
+        sets = self.mvm_runs[first]
+        grouped = {k: s for s in sets for k in s}
+        f0 = self.instrs[first].fields
+        end = first
+        while end < len(self.instrs) and self.instrs[end].opcode == "mvm" and all(
+            self.instrs[end].fields.get(k) == f0.get(k) for k in ("src", "dst", "bits", "dac_bits")
+        ):
+            end += 1
+        done: set[int] = set()
+        for k in range(first, end):
+            if k in done:
+                continue
+            self.pc, self.instr = k, self.instrs[k]
+            members = grouped.get(k)
+            if members is None:
+                self._record(k, _DISPATCH["mvm"](self, self.instrs[k], fast_path), stats)
+                continue
+            pre = {}
+            for m in members:
+                self.pc, self.instr = m, self.instrs[m]
+                pre[m] = self._mvm_pre(self.instrs[m], fast_path)
+            slow = [m for m in members if not pre[m][4]]
+            for m in members:
+                if pre[m][4] or len(slow) < 2:  # fast crossbars, or nothing to group: one by one
+                    self.pc, self.instr = m, self.instrs[m]
+                    xb, src2d, bits, dac_bits, use_fast = pre[m]
+                    res, events = K.mvm(src2d, xb, bits, dac_bits, _need(self.instrs[m], "order", m), use_fast)
+                    self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac_bits, use_fast, res, events), stats)
+            if len(slow) >= 2:
+                for m in slow:
+                    if self.instrs[m].fields.get("order") not in ("lsb", "msb"):
+                        raise ProgramError(f"mvm on crossbar {pre[m][0].id}: order must be lsb or msb, got {self.instrs[m].fields.get('order')!r}")
+                xb0, src2d, bits, dac_bits, _ = pre[slow[0]]
+                if bits < 1 or dac_bits < 1:
+                    raise ProgramError(f"mvm on crossbar {xb0.id}: bits and dac_bits must be positive")
+                g = self._group_of(slow)
+                self.pc, self.instr = slow[0], self.instrs[slow[0]]
+                res, dac_ones = K.mvm_group(src2d, g, bits, dac_bits)
+                T = _ceil_div(bits, dac_bits)
+                for m, o0, w in zip(slow, g.offsets[:-1], g.widths):
+                    self.pc, self.instr = m, self.instrs[m]
+                    xb = pre[m][0]
+                    events = K.mvm_events(src2d.shape[0], T, xb, dac_ones, src2d.dtype.itemsize)
+                    self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac_bits, False, res[:, o0 : o0 + w], events), stats)
+            done.update(members)
+        return end
 
     def op_shiftadd(self, ins: Instr, fast: bool):
         src_name, dst_name = _need(ins, "src", self.pc), _need(ins, "dst", self.pc)

@@ -210,6 +210,115 @@ def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, f
     return out, mvm_events(P, T, xb, dac_ones, src2d.dtype.itemsize)
 
 
+#: elements of one block of a crossbar group's column sums (iterations x columns) processed at once
+GROUP_BLOCK_ELEMS = 1 << 17
+
+
+class XbarGroup:
+    """Crossbars sharing one row table (a layer's row block) prepared for the grouped bit-level
+    mvm: their used rows' cells side by side as one float matrix [R, ΣC] (built once)."""
+
+    def __init__(self, xbs: list[XbarInfo]):
+        self.xbs = xbs
+        self.row_idx = xbs[0].row_idx
+        self.rows_used = xbs[0].rows_used
+        self.widths = [xb.cols for xb in xbs]
+        self.offsets = np.concatenate(([0], np.cumsum(self.widths))).astype(np.int64)
+        self.cells = np.concatenate([xb.cells for xb in xbs], axis=1) if xbs else np.zeros((0, 0), np.int64)
+        self.max_col_sum = max(xb.max_col_sum for xb in xbs)
+        self._f: dict[str, np.ndarray] = {}
+
+    def cells_as(self, dtype) -> np.ndarray:
+        key = np.dtype(dtype).str
+        if key not in self._f:
+            self._f[key] = self.cells.astype(dtype)
+        return self._f[key]
+
+
+def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int) -> tuple[np.ndarray, int]:
+    """The bit-level mvm (isa.md §3.2) of every crossbar of a group at once: column results
+    [P, ΣC] (int64, the crossbars side by side) and the group's ``dac_ones`` per crossbar (the
+    same for all: it depends on the inputs and the shared row table only).
+
+    Several bit-steps share one exact float product: one step's column sum is below 2^F
+    (F = bit length of (2^v − 1)·max column sum), so the input Σ_j 2^(F·j)·d_(k+j) yields
+    Σ_j 2^(F·j)·s_(k+j) with every partial sum an integer below 2^(F·J) — J = ⌊24/F⌋ steps per
+    float32 product, or ⌊53/F⌋ per float64 product when float32 holds fewer than two. The fields
+    are unpacked with integer shifts and masks, each goes through the crossbar's ADC, then the
+    shift-and-add. The crossbars of a group may differ in ADC resolution and mode (per column)."""
+    P = src2d.shape[0]
+    T = -(-bits // dac_bits)
+    mask = (1 << dac_bits) - 1
+    C = int(g.offsets[-1])
+    out = np.zeros((P, C), dtype=np.int64)
+    if not g.rows_used or not P:
+        return out, 0
+    if int(g.row_idx.max()) >= src2d.shape[1]:
+        raise ProgramError(f"crossbar {g.xbs[0].id}: row table refers to input element {int(g.row_idx.max())}, but the input vector has {src2d.shape[1]}")
+    plane_bound = mask * g.max_col_sum
+    assert plane_bound < (1 << 53)
+    F = max(1, int(plane_bound).bit_length())  # one step's column sum < 2^F
+    if 24 // F >= 2:
+        J, ftype = 24 // F, np.float32
+    else:
+        J, ftype = max(1, 53 // F), np.float64  # float32 would carry at most one step
+    J = max(1, min(J, T))
+    # packed sums < 2^(F·J), shifted fields and their total < 2^(F + T·v): int32 when both fit
+    itype = np.int32 if max(F * J, F + T * dac_bits) <= 31 else np.int64
+    cells = g.cells_as(ftype)
+    # per-column ADC: threshold (saturate) or kept-bit mask (drop-lsb), as integers of itype
+    sat = np.full(C, np.iinfo(itype).max, dtype=itype)
+    keep = np.full(C, -1, dtype=itype)
+    any_sat = any_drop = False
+    for xb, o0, w in zip(g.xbs, g.offsets[:-1], g.widths):  # per crossbar
+        if xb.adc_mode == "saturate":
+            if (1 << xb.adc_bits) - 1 < plane_bound:
+                sat[o0 : o0 + w] = (1 << xb.adc_bits) - 1
+                any_sat = True
+        else:
+            d = xb.drop_bits(dac_bits)
+            if d:
+                keep[o0 : o0 + w] = ~((1 << d) - 1)
+                any_drop = True
+    atype = itype
+    assert F + T * dac_bits <= 63
+    fmask = itype((1 << F) - 1)
+    block = max(1, GROUP_BLOCK_ELEMS // max(C, 1))
+    small = src2d.dtype if src2d.dtype.kind == "u" else np.dtype(np.int64)
+    packs = [list(range(k0, min(T, k0 + J))) for k0 in range(0, T, J)]
+    pack_w = [np.array([float(1 << (F * j)) for j in range(len(pk))], dtype=ftype) for pk in packs]
+    dac_ones = 0
+    for p0 in range(0, P, block):  # per memory block of iterations
+        x = src2d[p0 : p0 + block, g.row_idx].astype(small, copy=False)  # [p, R]
+        acc = np.zeros((x.shape[0], C), dtype=atype)
+        for pk, pw in zip(packs, pack_w):  # per pack of bit-steps
+            inp = np.zeros(x.shape, dtype=ftype)
+            for j, k in enumerate(pk):
+                d = (x >> small.type(k * dac_bits)) & small.type(mask)
+                dac_ones += int(np.count_nonzero(d))
+                if j == 0:
+                    inp += d
+                else:
+                    inp += d.astype(ftype) * pw[j]
+            S = (inp @ cells).astype(itype)  # exact integers: J packed column sums
+            f = np.empty_like(S)
+            for j, k in enumerate(pk):
+                if j:
+                    np.right_shift(S, F * j, out=f)
+                    np.bitwise_and(f, fmask, out=f)
+                else:
+                    np.bitwise_and(S, fmask, out=f)
+                if any_sat:
+                    np.minimum(f, sat, out=f)
+                if any_drop:
+                    np.bitwise_and(f, keep, out=f)
+                if k * dac_bits:
+                    np.left_shift(f, k * dac_bits, out=f)
+                acc += f
+        out[p0 : p0 + block] = acc
+    return out, dac_ones
+
+
 def mvm_events(P: int, T: int, xb: XbarInfo, dac_ones: int, itemsize: int) -> dict[str, int]:
     """The events of one mvm over P iterations of T steps (isa.md §3.2)."""
     steps = P * T
