@@ -24,7 +24,7 @@ import lark
 import numpy as np
 
 from runtime.errors import ProgramError
-from runtime.model import DTYPES, FORMAT_VERSION, Buffer, Const, Instr, Port, Program, Xbar
+from runtime.model import DTYPES, FORMAT_VERSION, Buffer, Const, Instr, Layer, Port, Program, Xbar
 from runtime.opcodes import (
     BUFFER_DTYPES,
     OPCODES,
@@ -93,16 +93,21 @@ def disassemble(program: Program) -> str:
         dims = ", ".join(str(d) for d in c.array.shape)
         out.append(f".const {_name(c.name)} {dtype_name(c.array)} [{dims}] = {_const_data(c.array)}")
     for x in program.xbars:
+        copies = f" copies={_value([[int(v) for v in c] for c in x.copies])}" if x.copies else ""
         out.append(
             f".xbar {int(x.id)} image={_name(x.image)} rows={int(x.rows)} cols={int(x.cols)} "
             f"row_table={_name(x.row_table)} adc_bits={int(x.adc_bits)} adc_mode={x.adc_mode} "
-            f"chip={int(x.chip)} tile={int(x.tile)} ima={int(x.ima)} lossless={int(x.lossless)}"
+            f"chip={int(x.chip)} tile={int(x.tile)} ima={int(x.ima)} lossless={int(x.lossless)}{copies}"
         )
     layer = ""
+    declared: set[str] = set()
     for ins in program.instrs:
         if ins.layer != layer:
             layer = ins.layer
-            out.append(f".layer {_name(layer) if layer else chr(34) * 2}")
+            rep = program.replication(layer)
+            fields = f" replication={rep}" if rep != 1 and layer not in declared else ""
+            declared.add(layer)
+            out.append(f".layer {_name(layer) if layer else chr(34) * 2}{fields}")
         fields = canonical_fields(ins.opcode, ins.fields)
         args = ", ".join(f"{k}={_value(v)}" for k, v in fields.items())
         out.append(f"{ins.opcode} {args}" if args else ins.opcode)
@@ -261,8 +266,12 @@ _XBAR_FIELDS = {
     "tile": "int",
     "ima": "int",
     "lossless": "int",
+    "copies": "places",
 }
-_XBAR_DEFAULTS = {"chip": 0, "tile": 0, "ima": 0, "lossless": 0}
+_XBAR_DEFAULTS = {"chip": 0, "tile": 0, "ima": 0, "lossless": 0, "copies": []}
+_LAYER_FIELDS = {"replication": "int"}
+#: statement fields that format 1.1 added: a text whose header says 1.0 may not use them
+_NEW_IN_1_1 = {("xbar", "copies"), ("layer", "replication")}
 
 
 class _Builder:
@@ -289,6 +298,15 @@ class _Builder:
             if v.kind in ("int", "float"):
                 return float(v.value)
             self.fail(v.line, v.col, f"{what}: expected a number, got {v.show()}")
+        if kind == "places":
+            if v.kind != "list":
+                self.fail(v.line, v.col, f"{what}: expected a list of places [chip, tile, ima], got {v.show()}")
+            out = []
+            for place in v.value:
+                if place.kind != "list" or len(place.value) != 3:
+                    self.fail(place.line, place.col, f"{what}: expected a place [chip, tile, ima], got {place.show()}")
+                out.append(tuple(self.coerce("int", x, what) for x in place.value))
+            return out
         if kind in ("ints", "names"):
             if v.kind != "list":
                 self.fail(v.line, v.col, f"{what}: expected a [...] list, got {v.show()}")
@@ -300,6 +318,8 @@ class _Builder:
         for name, fl, fc, v in fields:
             if name in out:
                 self.fail(fl, fc, f"{what}: field {name!r} given twice")
+            if (key[0], name) in _NEW_IN_1_1 and self.version < (1, 1):
+                self.fail(fl, fc, f"{what}: field {name!r} needs format 1.1 (the header says pimx {self.version[0]}.{self.version[1]})")
             kind = schema.get(name) if schema is not None else "any"
             if kind is None:
                 self.fail(fl, fc, f"{what}: unknown field {name!r} (fields: {', '.join(schema)})")
@@ -318,7 +338,8 @@ class _Builder:
                 version.column,
                 f"program text is format version {version}; this assembler reads {FORMAT_VERSION[0]}.x",
             )
-        p = Program(config={}, version=(int(major), int(minor)))
+        self.version = (int(major), int(minor))
+        p = Program(config={}, version=self.version)
         have_config = False
         layer = ""
         for kind, (line, col), c in statements:
@@ -367,11 +388,25 @@ class _Builder:
                 if missing:
                     self.fail(line, col, f"{what}: missing field(s) {', '.join(missing)}")
                 f = {**_XBAR_DEFAULTS, **f}
+                f["copies"] = list(f["copies"])
                 self.where[key] = (line, col)
                 self.where[(*key, "id")] = (xid.line, xid.column)
                 p.xbars.append(Xbar(int(xid), **f))
             elif kind == "layer":
                 layer = c[0].value
+                key = ("layer", layer)
+                f = self.take_fields(c[1] if len(c) > 1 else [], _LAYER_FIELDS, f".layer {layer!r}", key, line, col)
+                if "replication" in f:
+                    if not layer:
+                        self.fail(line, col, 'the unnamed layer "" cannot be replicated')
+                    known = p.layers.get(layer)
+                    if known is not None and known.replication != f["replication"]:
+                        self.fail(
+                            *self.where[(*key, "replication")],
+                            f".layer {layer!r}: replication {f['replication']} differs from {known.replication} given before",
+                        )
+                    p.layers[layer] = Layer(f["replication"])
+                self.where.setdefault(key, (line, col))
             elif kind == "instr":
                 opname = str(c[0])
                 op = OPCODES.get(opname)

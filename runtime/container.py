@@ -2,7 +2,8 @@
 
 Layout: a 32-byte header (magic, version, flags, section count, file length), a section table,
 8-byte-aligned sections (strings, config, ports, buffers, constants, crossbar images, crossbars,
-instructions) and a SHA-256 of everything before it. Writing is canonical -- the same Program
+instructions, and since format 1.1 layers and crossbar copies) and a SHA-256 of everything before
+it. Files of format 1.0 (no layer and copy sections: every layer has replication 1) are read too. Writing is canonical -- the same Program
 always gives the same bytes -- so ``disasm`` -> ``asm`` round trips can be checked byte for byte.
 Constants are stored raw little-endian and read back with ``np.frombuffer`` (no per-element
 Python), as read-only views of the file's bytes.
@@ -19,7 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from runtime.errors import ProgramError
-from runtime.model import DTYPES, FORMAT_VERSION, Buffer, Const, Instr, Port, Program, Xbar
+from runtime.model import DTYPES, FORMAT_VERSION, Buffer, Const, Instr, Layer, Port, Program, Xbar
 from runtime.opcodes import BY_ID, OPCODES, canonical_config_json, canonical_fields, dtype_name, validate_program
 
 MAGIC = b"PIMX"
@@ -29,7 +30,7 @@ CHECKSUM_BYTES = 32
 ALIGN = 8
 
 # section kinds (spec/program-format.md §3)
-STRINGS, CONFIG, PORTS, BUFFERS, CONSTS, XBAR_IMAGES, XBARS, INSTRS = range(1, 9)
+STRINGS, CONFIG, PORTS, BUFFERS, CONSTS, XBAR_IMAGES, XBARS, INSTRS, LAYERS, XBAR_COPIES = range(1, 11)
 SECTION_NAMES = {
     STRINGS: "strings",
     CONFIG: "config",
@@ -39,7 +40,11 @@ SECTION_NAMES = {
     XBAR_IMAGES: "crossbar images",
     XBARS: "crossbars",
     INSTRS: "instructions",
+    LAYERS: "layers",
+    XBAR_COPIES: "crossbar copies",
 }
+#: the sections of a file of format 1.0; 1.1 added LAYERS and XBAR_COPIES
+SECTIONS_1_0 = tuple(range(STRINGS, INSTRS + 1))
 OPTIONAL_SECTION = 0x8000  # kinds at or above: a reader that does not know them skips them
 
 DTYPE_CODES = {"u8": 1, "u16": 2, "i8": 3, "i16": 4, "i32": 5, "i64": 6, "f64": 7}
@@ -54,6 +59,8 @@ PORT = struct.Struct("<IIdq")  # name, buf, scale, zp
 BUFFER = struct.Struct("<IBBH")  # name, dtype, ndim, reserved (+ ndim x i64)
 CONST = struct.Struct("<IIBBHIQQ")  # index, name, dtype, ndim, reserved, reserved, data offset, nbytes (+ ndim x u64)
 XBAR = struct.Struct("<IIIIIBBBBIIII")  # id, image, rows, cols, row_table, adc_bits, adc_mode, lossless, 0, chip, tile, ima, 0
+LAYER = struct.Struct("<II")  # name, replication
+XBAR_COPY = struct.Struct("<IIII")  # crossbar id, chip, tile, ima
 U32 = struct.Struct("<I")
 F64 = struct.Struct("<d")
 
@@ -188,6 +195,15 @@ def _sections(program: Program) -> list[tuple[int, list[Any]]]:
             ADC_MODE_CODES[x.adc_mode], int(x.lossless), 0, int(x.chip), int(x.tile), int(x.ima), 0,
         )  # fmt: skip
     instrs = _encode_instrs(program.instrs, s)
+    layers = bytearray()
+    replicated = [name for name in dict.fromkeys(i.layer for i in program.instrs) if program.replication(name) != 1]
+    layers += U32.pack(len(replicated))
+    for name in replicated:
+        layers += LAYER.pack(s(name), program.replication(name))
+    copies = bytearray(U32.pack(sum(len(x.copies) for x in program.xbars)))
+    for x in program.xbars:
+        for chip, tile, ima in x.copies:
+            copies += XBAR_COPY.pack(int(x.id), int(chip), int(tile), int(ima))
     config = canonical_config_json(program.config).encode("ascii")
     return [
         (STRINGS, [s.encode()]),
@@ -198,6 +214,8 @@ def _sections(program: Program) -> list[tuple[int, list[Any]]]:
         (XBAR_IMAGES, img_sec),
         (XBARS, [bytes(xbars)]),
         (INSTRS, [instrs]),
+        (LAYERS, [bytes(layers)]),
+        (XBAR_COPIES, [bytes(copies)]),
     ]
 
 
@@ -377,7 +395,12 @@ def read_program(data: bytes, source: str) -> Program:
     for a, b in zip(spans, spans[1:]):
         if b[0] < a[1]:
             raise ProgramError(f"{source}: sections {a[2]} and {b[2]} overlap")
-    missing = [SECTION_NAMES[k] for k in SECTION_NAMES if k not in found]
+    if (major, minor) == (1, 0):
+        extra = [SECTION_NAMES[k] for k in found if k not in SECTIONS_1_0]
+        if extra:
+            raise ProgramError(f"{source}: section(s) {', '.join(extra)} are not defined in format 1.0 (the file says 1.0)")
+    required = SECTIONS_1_0 if (major, minor) == (1, 0) else tuple(SECTION_NAMES)
+    missing = [SECTION_NAMES[k] for k in required if k not in found]
     if missing:
         raise ProgramError(f"{source}: missing section(s): {', '.join(missing)}")
 
@@ -471,6 +494,30 @@ def read_program(data: bytes, source: str) -> Program:
         xbars.append(Xbar(xid, sref(c, image, at), rows, cols, sref(c, table, at), adc_bits, ADC_MODE_BY_CODE[mode], chip, tile, ima, lossless))
     c.done()
 
+    # layers and crossbar copies (format 1.1; a 1.0 file has neither: replication 1 everywhere)
+    layers: dict[str, Layer] = {}
+    if LAYERS in found:
+        c = cur(LAYERS)
+        for _ in range(c.u32()):
+            at = c.pos
+            name, rep = c.unpack(LAYER)
+            lname = sref(c, name, at)
+            if lname in layers:
+                c.fail(f"layer {lname!r} appears twice", at)
+            layers[lname] = Layer(rep)
+        c.done()
+    if XBAR_COPIES in found:
+        c = cur(XBAR_COPIES)
+        last = -1
+        for _ in range(c.u32()):
+            at = c.pos
+            xid, chip, tile, ima = c.unpack(XBAR_COPY)
+            if xid >= len(xbars) or xid < last:
+                c.fail(f"copy of crossbar {xid}: not a declared crossbar, or out of crossbar order", at)
+            last = xid
+            xbars[xid].copies.append((chip, tile, ima))
+        c.done()
+
     # instructions
     c = cur(INSTRS)
     instrs = []
@@ -507,7 +554,7 @@ def read_program(data: bytes, source: str) -> Program:
         instrs.append(Instr(op.name, fields, layer))
     c.done()
 
-    program = Program(config, ports[:n_in], ports[n_in:], buffers, consts, xbars, instrs, (major, minor))
+    program = Program(config, ports[:n_in], ports[n_in:], buffers, consts, xbars, instrs, layers=layers, version=(major, minor))
     validate_program(program, source)
     for ins in program.instrs:
         ins.fields = canonical_fields(ins.opcode, ins.fields)

@@ -64,16 +64,26 @@ def instr_energy(cfg: dict, events: dict[str, int], adc_by_bits: dict[int, int],
     return out
 
 
+def physical_xbars(xbars):
+    """Every physical crossbar as (adc_bits, chip, tile, ima): each declared crossbar, then its
+    copies (format 1.1: a replicated layer's crossbars exist ``replication`` times)."""
+    for xb in xbars:
+        yield int(xb.adc_bits), int(xb.chip), int(xb.tile), int(xb.ima)
+        for chip, tile, ima in xb.copies:
+            yield int(xb.adc_bits), int(chip), int(tile), int(ima)
+
+
 def static_power(cfg: dict, xbars) -> dict[str, float]:
-    """Static power (W) of the units the program occupies: crossbars (at their ADC resolution),
-    IMAs and tiles holding at least one crossbar, and the chips' links when it spans several."""
+    """Static power (W) of the units the program occupies: crossbars (at their ADC resolution,
+    copies included), IMAs and tiles holding at least one crossbar or copy, and the chips' links
+    when it spans several."""
     parts = {"crossbars": 0.0, "imas": 0.0, "tiles": 0.0, "chips": 0.0}
     imas, tiles, chips = set(), set(), set()
-    for xb in xbars:
-        parts["crossbars"] += E.leakage_power(cfg, int(xb.adc_bits))["crossbar_w"]
-        imas.add((xb.chip, xb.tile, xb.ima))
-        tiles.add((xb.chip, xb.tile))
-        chips.add(xb.chip)
+    for adc_bits, chip, tile, ima in physical_xbars(xbars):
+        parts["crossbars"] += E.leakage_power(cfg, adc_bits)["crossbar_w"]
+        imas.add((chip, tile, ima))
+        tiles.add((chip, tile))
+        chips.add(chip)
     lk = E.leakage_power(cfg)
     parts["imas"] = len(imas) * lk["ima_w"]
     parts["tiles"] = len(tiles) * lk["tile_w"]
@@ -83,8 +93,24 @@ def static_power(cfg: dict, xbars) -> dict[str, float]:
     return parts
 
 
-def layer_costs(program, stats, machine) -> list[dict]:
-    """Per report layer, in program order: events, dynamic energy, crossbar and digital time (whole run)."""
+def copy_steps(reads: int, steps_per_iter: int, batch: int, replication: int) -> int:
+    """Read steps of the busiest copy of a crossbar whose ``mvm``s made ``reads`` crossbar reads
+    (P iterations x T steps over a run of ``batch`` inferences): each inference's P / batch
+    iterations are shared by the ``replication`` copies, the busiest serving the ceiling."""
+    if replication == 1 or reads == 0:
+        return reads
+    iters = -(-reads // steps_per_iter)
+    per_inf, rest = divmod(iters, batch)
+    if rest:  # iterations not a multiple of the batch (never for compiled programs): share the run's
+        return -(-iters // replication) * steps_per_iter
+    return batch * -(-per_inf // replication) * steps_per_iter
+
+
+def layer_costs(program, stats, machine, batch: int = 1) -> list[dict]:
+    """Per report layer, in program order: events, dynamic energy, crossbar and digital time (whole
+    run of ``batch`` inferences). A crossbar of a layer with replication N is N physical copies,
+    each serving 1/N of the iterations of an inference (ceiling): the layer's crossbar time is its
+    busiest copy's, its events are those of all iterations (``spec/isa.md`` §7)."""
     cfg = machine.cfg
     ee = E.event_energies(cfg)
     layers: OrderedDict[str, dict] = OrderedDict()
@@ -96,6 +122,7 @@ def layer_costs(program, stats, machine) -> list[dict]:
         if L is None:
             L = layers[name] = {
                 "name": name,
+                "replication": program.replication(st.layer),
                 "events": {k: 0 for k in EVENTS},
                 "adc_by_bits": {},
                 "energy": {c: 0.0 for c in COMPONENTS},
@@ -111,7 +138,9 @@ def layer_costs(program, stats, machine) -> list[dict]:
         for c, v in instr_energy(cfg, st.events, st.adc_by_bits, ee).items():
             L["energy"][c] += v
         if st.xbar is not None:
-            steps = st.events.get("crossbar_reads", 0)
+            fields = program.instrs[st.index].fields
+            bits, dac_bits = int(fields["bits"]), int(fields.get("dac_bits", 1))
+            steps = copy_steps(st.events.get("crossbar_reads", 0), -(-bits // dac_bits), batch, L["replication"])
             dur = step_seconds(cfg, machine.xbars[st.xbar].cols)
             L["xbar_busy_s"][st.xbar] = L["xbar_busy_s"].get(st.xbar, 0.0) + steps * dur
             L["xbar_steps"][st.xbar] = L["xbar_steps"].get(st.xbar, 0) + steps

@@ -12,7 +12,7 @@ from typing import Union
 
 import numpy as np
 
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (1, 1)
 
 #: element types of buffers and constants, by their name in the program
 DTYPES: dict[str, np.dtype] = {
@@ -67,6 +67,18 @@ class Xbar:
     tile: int = 0
     ima: int = 0
     lossless: int = 0
+    #: places (chip, tile, ima) of the crossbar's extra copies when its layer is replicated
+    #: (``Layer.replication`` - 1 of them; format 1.1, ``spec/isa.md`` §2)
+    copies: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+@dataclass
+class Layer:
+    """What a program says about a report layer beyond its instructions (format 1.1)."""
+
+    #: copies of each of the layer's crossbars on the machine, each serving 1/replication of the
+    #: layer's iterations (``spec/isa.md`` §2, §7)
+    replication: int = 1
 
 
 @dataclass
@@ -85,7 +97,13 @@ class Program:
     consts: list[Const] = field(default_factory=list)
     xbars: list[Xbar] = field(default_factory=list)
     instrs: list[Instr] = field(default_factory=list)
+    #: layer name -> its declaration; a layer without an entry has the defaults (replication 1)
+    layers: dict[str, Layer] = field(default_factory=dict)
     version: tuple[int, int] = FORMAT_VERSION
+
+    def replication(self, layer: str) -> int:
+        info = self.layers.get(layer)
+        return 1 if info is None else int(info.replication)
 
     def const(self, name: str) -> np.ndarray:
         return self._consts()[name].array

@@ -416,7 +416,8 @@ def canonical_config_json(config: Any) -> str:
 
 #: where an item came from in a text program: key -> (line, column); keys are
 #: ("instr", i), ("instr", i, field), ("xbar", i), ("xbar", i, field), ("buffer", i), ("const", i),
-#: ("input", i), ("input", i, field), ("output", i), ("output", i, field), ("config",)
+#: ("input", i), ("input", i, field), ("output", i), ("output", i, field), ("config",),
+#: ("layer", name), ("layer", name, "replication")
 Locations = dict[tuple, tuple[int, int]]
 
 
@@ -458,6 +459,7 @@ class _Checker:
             self.xbar(i, x)
         for i, ins in enumerate(p.instrs):
             self.instr(i, ins)
+        self.layers()
 
     def declare(self, key: tuple, name: Any, what: str, obj: Any) -> None:
         if not valid_name(name):
@@ -517,6 +519,11 @@ class _Checker:
             v = getattr(x, f)
             if not is_int(v) or not 0 <= v <= 2**32 - 1:
                 self.fail(fk(f), f"{lab}: {f} = {v!r} must be an integer >= 0")
+        copies = x.copies
+        if not isinstance(copies, (list, tuple)) or not all(
+            isinstance(c, (list, tuple)) and len(c) == 3 and all(is_int(v) and 0 <= v <= 2**32 - 1 for v in c) for c in copies
+        ):
+            self.fail(fk("copies"), f"{lab}: copies = {copies!r} must be a list of places [chip, tile, ima] (integers >= 0)")
         if not is_int(x.lossless) or x.lossless not in (0, 1):
             self.fail(fk("lossless"), f"{lab}: lossless = {x.lossless!r} must be 0 or 1")
         if x.adc_mode not in ADC_MODES:
@@ -550,6 +557,35 @@ class _Checker:
                 lim = xb.get(f)
                 if is_int(lim) and getattr(x, f) > lim:
                     self.fail(fk(f), f"{lab}: {f} = {getattr(x, f)} exceeds crossbar.{f} = {lim} of the embedded configuration")
+
+    def layers(self) -> None:
+        """Layer declarations (format 1.1): replication >= 1, for layers that have instructions,
+        and every crossbar an ``mvm`` of a layer names has replication - 1 copies."""
+        p = self.p
+        if not isinstance(p.layers, dict):
+            self.fail((), f"the layer table must be a dict of layer name -> Layer, got {type(p.layers).__name__}")
+        used = {ins.layer for ins in p.instrs}
+        for name, info in p.layers.items():
+            key = ("layer", name)
+            rep = getattr(info, "replication", None)
+            if not valid_name(name):
+                self.fail((key,), f"layer name {name!r} is not a non-empty UTF-8 string")
+            if not is_int(rep) or not 1 <= rep <= 2**32 - 1:
+                self.fail(((*key, "replication"), key), f"layer {name!r}: replication = {rep!r} must be an integer >= 1")
+            if name not in used:
+                self.fail((key,), f"layer {name!r} is declared but no instruction belongs to it")
+        for i, ins in enumerate(p.instrs):
+            if ins.opcode != "mvm":
+                continue
+            xid = ins.fields["xbar"]
+            rep = p.replication(ins.layer)
+            copies = len(p.xbars[xid].copies)
+            if copies != rep - 1:
+                self.fail(
+                    (("instr", i, "xbar"), ("instr", i)),
+                    f"instruction {i} (mvm): crossbar {xid} has {copies} copies, but its layer {ins.layer!r} "
+                    f"has replication {rep} (each crossbar of a replicated layer declares replication - 1 copies)",
+                )
 
     def _const_of(self, name: Any, keys: tuple[tuple, ...], what: str) -> np.ndarray:
         ent = self.names.get(name) if isinstance(name, str) else None
@@ -664,7 +700,9 @@ def validate_program(program: Program, source: str, where: Locations | None = No
     Checks what a reader can check without running the program: declarations (unique names,
     element types, buffer shapes ``[?, ...]``), ports, crossbars (ids in order, image u8
     [rows, cols] with cells that fit ``crossbar.cell_bits`` of the embedded configuration, row
-    table i32 [rows]), and every instruction's fields against ``OPCODES``. ``where`` (from the
+    table i32 [rows], copies' places), every instruction's fields against ``OPCODES``, and the
+    layer declarations (replication an integer >= 1, only for layers that have instructions, each
+    crossbar an ``mvm`` of the layer names with replication - 1 copies). ``where`` (from the
     assembler) turns items into ``line:column`` positions; otherwise messages name the index.
     """
     _Checker(program, source, where).run()

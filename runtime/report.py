@@ -21,7 +21,7 @@ def _div(counters: dict[str, int], n: int) -> dict[str, float]:
 def build_report(program, stats, batch: int, wall_s: float, machine, fast_path: bool = True) -> dict:
     """Energy, time and counters of a finished run (whole batch), per inference and in total."""
     cfg = machine.cfg
-    layers = C.layer_costs(program, stats, machine)
+    layers = C.layer_costs(program, stats, machine, batch)
     static = C.static_power(cfg, program.xbars)
     p_static = sum(static.values())
     clock = cfg["digital"]["clock_ghz"] * 1e9
@@ -46,10 +46,13 @@ def build_report(program, stats, batch: int, wall_s: float, machine, fast_path: 
             totals[k] = totals.get(k, 0) + v
         for b, v in L["adc_by_bits"].items():
             adc_bits[b] = adc_bits.get(b, 0) + v
+        rep = L["replication"]
         out_layers.append(
             {
                 "name": L["name"],
-                "crossbars": len(L["xbar_busy_s"]),
+                "crossbars": rep * len(L["xbar_busy_s"]),
+                "crossbars_unique": len(L["xbar_busy_s"]),
+                "replication": rep,
                 "path": L["path"],
                 "cycles": math.ceil(t_inf * clock - 1e-6),
                 "crossbar_cycles": L["xbar_critical_steps"] / batch,
@@ -65,15 +68,16 @@ def build_report(program, stats, batch: int, wall_s: float, machine, fast_path: 
     energy_run = sum(breakdown.values())
     throughput = 1.0 / slowest if slowest > 0 else None
     run_time = latency + (batch - 1) * slowest  # pipelined: one image per slowest-layer time
-    places = {(x.chip, x.tile) for x in program.xbars}
+    physical = [place for _, *place in C.physical_xbars(program.xbars)]  # (chip, tile, ima), copies too
     return {
         "schema": SCHEMA,
         "per": "inference",
         "batch": batch,
-        "crossbars": len(program.xbars),
-        "chips": len({x.chip for x in program.xbars}) or (1 if program.instrs else 0),
-        "tiles": len(places),
-        "imas": len({(x.chip, x.tile, x.ima) for x in program.xbars}),
+        "crossbars": len(physical),
+        "crossbars_unique": len(program.xbars),
+        "chips": len({p[0] for p in physical}) or (1 if program.instrs else 0),
+        "tiles": len({tuple(p[:2]) for p in physical}),
+        "imas": len({tuple(p) for p in physical}),
         "cycles": math.ceil(latency * clock - 1e-6),
         "crossbar_cycles": xbar_cycles / batch,
         "latency_s": latency,
@@ -146,11 +150,11 @@ def summary(report: dict):
         br.add_row(k, _eng(v, "J"), f"{100 * v / tot:.1f} %")
 
     lt = Table(title="layers", show_header=True)
-    for col in ("layer", "xbars", "path", "latency", "energy", "MACs", "ADC conv."):
+    for col in ("layer", "xbars", "rep.", "path", "latency", "energy", "MACs", "ADC conv."):
         lt.add_column(col, justify="left" if col in ("layer", "path") else "right")
     for L in report["layers"]:
         lt.add_row(
-            L["name"], str(L["crossbars"]), L["path"], _eng(L["latency_s"], "s"), _eng(L["energy_j"], "J"),
+            L["name"], str(L["crossbars"]), str(L["replication"]), L["path"], _eng(L["latency_s"], "s"), _eng(L["energy_j"], "J"),
             _count(L["counters"]["macs"]), _count(L["counters"]["adc_conversions"]),
         )
     return Group(head, br, lt)

@@ -54,7 +54,7 @@ def test_grammar_is_the_shipped_spec_file():
 def test_text_looks_like_the_documented_form():
     text = disassemble(small_program())
     lines = text.splitlines()
-    assert lines[0] == "pimx 1.0"
+    assert lines[0] == "pimx 1.1"
     assert ".input input buf=in0 scale=0.00392156862745098 zp=0" in lines
     assert ".buffer in0 u8 [?, 1, 4, 4]" in lines
     assert ".const bias i64 [2] = [5, -7]" in lines
@@ -133,7 +133,7 @@ def test_errors_name_line_and_column(body, message):
 
 
 def test_header_errors():
-    assert "bad.s:1:1: expected the header 'pimx 1.0', got 'pimc'" in _err("pimc 1.0\nhalt\n")
+    assert "bad.s:1:1: expected the header 'pimx 1.1', got 'pimc'" in _err("pimc 1.0\nhalt\n")
     assert "bad.s:1:6: program text is format version 2.1; this assembler reads 1.x" in _err("pimx 2.1\nhalt\n")
     assert "bad.s:1:1: unexpected end of text" in _err("")
 

@@ -125,7 +125,7 @@ def test_small_program_round_trip_and_defaults(tmp_path):
     p2 = small_program()
     p2.instrs[1].fields.update(col0=0, dac_bits=1, order="lsb")
     assert write_program(p2) == path.read_bytes()
-    assert q.version == (1, 0)
+    assert q.version == (1, 1)
     assert not q.consts[0].array.flags.writeable  # views of the file, not copies
 
 
@@ -297,7 +297,7 @@ def _cli(args):
         (lambda d: d[:50], "file is truncated"),
         (lambda d: d[:100] + bytes([d[100] ^ 0xFF]) + d[101:], "checksum mismatch"),
         (lambda d: b"XXXX" + d[4:], "not a pimc program file"),
-        (lambda d: reseal(d[:4] + struct.pack("<H", 9) + d[6:]), "format version 9.0; this runtime reads version 1.x"),
+        (lambda d: reseal(d[:4] + struct.pack("<H", 9) + d[6:]), "format version 9.1; this runtime reads version 1.x"),
     ],
 )
 def test_cli_disasm_reports_damage_in_one_line(tmp_path, damage, message):

@@ -13,7 +13,7 @@ import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
 from pimc.dialects import isa
-from runtime.model import Buffer, Const, Instr, Port, Program, Xbar
+from runtime.model import Buffer, Const, Instr, Layer, Port, Program, Xbar
 
 
 def machine_config(module: ModuleOp, cfg: dict) -> dict:
@@ -63,13 +63,16 @@ def emit_program(module: ModuleOp, cfg: dict | None = None) -> Program:
         elif isinstance(op, isa.ConstDirective):
             program.consts.append(Const(f["sym_name"], np.asarray(f["value"])))  # a view of the IR bytes
         elif isinstance(op, isa.XbarDirective):
-            program.xbars.append(Xbar(**f))
+            flat = f.pop("copies")
+            program.xbars.append(Xbar(**f, copies=[tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]))
         elif isinstance(op, isa.InputDirective):
             program.inputs.append(Port(f["port"], f["buf"], f["scale"], f["zp"]))
         elif isinstance(op, isa.OutputDirective):
             program.outputs.append(Port(f["port"], f["buf"], f["scale"], f["zp"]))
         elif isinstance(op, isa.LayerDirective):
             layer = f["label"]
+            if f["replication"] != 1:
+                program.layers[layer] = Layer(f["replication"])
         else:
             program.instrs.append(Instr(op.OPCODE, f, layer))
     try:

@@ -53,21 +53,6 @@ def print_stats(module, stream=None) -> None:
             console.print(f"{k.replace('_', ' ')}: {_fmt(v) if v is not None else 'n/a (run xbar-place)'}")
 
 
-def _warn_replication(module) -> None:
-    """Format 1.0 programs have no way to say a layer is replicated: say so rather than let a
-    replicated mapping look simulated."""
-    from pimc.dialects.xbar import LayerOp
-
-    replicated = [op.layer_name for op in module.walk() if isinstance(op, LayerOp) and (op.int_prop("replication") or 1) > 1]
-    if replicated:
-        print(
-            f"warning: {len(replicated)} layer(s) are replicated by xbar-place (e.g. {replicated[0]}), but "
-            "format 1.0 programs declare only the first copy of each crossbar: the simulator counts and "
-            "times the unreplicated layers",
-            file=sys.stderr,
-        )
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, float):  # the only float column is utilization
         return f"{v:.1%}"
@@ -110,7 +95,6 @@ def main(
         print_stats(module, sys.stderr if emit != "program" and not output_path else sys.stdout)
     if emit == "xbar":
         return _print_ir(module, output_path)
-    _warn_replication(module)
     pipe.run_codegen(module)
     if emit == "isa":
         return _print_ir(module, output_path)

@@ -8,7 +8,9 @@ translation and printing the module is the debugging view of the program.
 
 Every op is declared from a field table (``FIELDS``: the instruction's field names in
 ``spec/isa.md`` order, each with a kind), which gives both the IRDL properties (for verification)
-and the conversion to and from program field values (``fields()`` / ``build()``).
+and the conversion to and from program field values (``fields()`` / ``build()``). A field with a
+default (``DEFAULTS``: the directive fields format 1.1 added, ``isa.layer``'s ``replication`` and
+``isa.xbar``'s ``copies``) is an optional property, absent (and not printed) when it has its default.
 Constants are dense attributes built from bytes (``pimc.dialects.nn.dense_from_numpy``).
 """
 
@@ -30,7 +32,7 @@ from xdsl.dialects.builtin import (
     i64,
 )
 from xdsl.ir import Attribute, Dialect
-from xdsl.irdl import IRDLOperation, irdl_op_definition, prop_def
+from xdsl.irdl import IRDLOperation, irdl_op_definition, opt_prop_def, prop_def
 from xdsl.parser import Parser
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import VerifyException
@@ -132,6 +134,8 @@ class IsaOp(IRDLOperation):
     DIRECTIVE: ClassVar[bool] = False
     #: allowed values of the ``str`` fields
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: optional fields and their defaults (the property is absent when the value is the default)
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def build(cls, **values: Any) -> IsaOp:
@@ -140,18 +144,25 @@ class IsaOp(IRDLOperation):
         unknown = set(values) - set(kinds)
         if unknown:
             raise TypeError(f"{cls.name}: unknown fields {sorted(unknown)}")
-        missing = [f for f in kinds if f not in values]
+        missing = [f for f in kinds if f not in values and f not in cls.DEFAULTS]
         if missing:
             raise TypeError(f"{cls.name}: missing fields {missing}")
-        props = {f: to_attr(kinds[f], values[f]) for f, _ in cls.FIELDS}
+        props = {
+            f: to_attr(k, values[f])
+            for f, k in cls.FIELDS
+            if f in values and not (f in cls.DEFAULTS and values[f] == cls.DEFAULTS[f])
+        }
         return cls.create(properties=props)
 
     def fields(self) -> dict[str, Any]:
-        """The program field values of this op, in ``FIELDS`` order."""
-        return {f: from_attr(k, self.properties[f]) for f, k in self.FIELDS}
+        """The program field values of this op, in ``FIELDS`` order (defaults filled in)."""
+        return {f: self.field(f) for f, _ in self.FIELDS}
 
     def field(self, name: str) -> Any:
-        return from_attr(dict(self.FIELDS)[name], self.properties[name])
+        attr = self.properties.get(name)
+        if attr is None and name in self.DEFAULTS:
+            return self.DEFAULTS[name]
+        return from_attr(dict(self.FIELDS)[name], attr)
 
     def print(self, printer: Printer) -> None:
         if not self.FIELDS:
@@ -166,7 +177,9 @@ class IsaOp(IRDLOperation):
 
     def verify_(self) -> None:
         for f, kind in self.FIELDS:
-            attr = self.properties[f]
+            attr = self.properties.get(f)
+            if attr is None and f in self.DEFAULTS:
+                continue
             if kind == "int" and attr.type != i64:  # type: ignore[attr-defined]
                 raise VerifyException(f"{self.name}: field '{f}' must be an i64 integer")
             if kind == "ints" and attr.elt_type != i64:  # type: ignore[attr-defined]
@@ -186,6 +199,7 @@ def _op(
     *,
     directive: bool = False,
     choices: dict[str, tuple[str, ...]] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> type[IsaOp]:
     """Declares the op ``isa.<opname>`` with one property per field."""
     ns: dict[str, Any] = {
@@ -196,15 +210,18 @@ def _op(
         "DIRECTIVE": directive,
         "FIELDS": tuple(fields),
         "CHOICES": dict(choices or {}),
+        "DEFAULTS": dict(defaults or {}),
         "__annotations__": {
             "OPCODE": ClassVar[str],
             "DIRECTIVE": ClassVar[bool],
             "FIELDS": ClassVar[tuple[tuple[str, str], ...]],
             "CHOICES": ClassVar[dict[str, tuple[str, ...]]],
+            "DEFAULTS": ClassVar[dict[str, Any]],
         },
     }
     for f, kind in fields:
-        ns[f"{f}_prop"] = prop_def(KINDS[kind], prop_name=f)
+        define = opt_prop_def if f in (defaults or {}) else prop_def
+        ns[f"{f}_prop"] = define(KINDS[kind], prop_name=f)
     cls_name = "".join(p.capitalize() for p in opname.split("_")) + ("Directive" if directive else "Op")
     return irdl_op_definition(type(cls_name, (IsaOp,), ns))
 
@@ -240,10 +257,13 @@ XbarDirective = _op(
         ("tile", "int"),
         ("ima", "int"),
         ("lossless", "int"),
+        ("copies", "ints"),
     ],
-    "`.xbar ID`: a crossbar, its cell image, row table, ADC setting and place.",
+    "`.xbar ID`: a crossbar, its cell image, row table, ADC setting and place; ``copies`` the places "
+    "of its copies when its layer is replicated, flat ``[chip, tile, ima, chip, tile, ima, ...]``.",
     directive=True,
     choices={"adc_mode": ("saturate", "drop-lsb")},
+    defaults={"copies": []},
 )
 InputDirective = _op(
     "input",
@@ -259,9 +279,11 @@ OutputDirective = _op(
 )
 LayerDirective = _op(
     "layer",
-    [("label", "str")],
-    "`.layer NAME`: the following instructions count against report layer NAME (``label``).",
+    [("label", "str"), ("replication", "int")],
+    "`.layer NAME replication=N`: the following instructions count against report layer NAME "
+    "(``label``), whose crossbars exist N times (each copy serving 1/N of the iterations).",
     directive=True,
+    defaults={"replication": 1},
 )
 
 # --------------------------------------------------------------------------------------------------

@@ -86,7 +86,8 @@ the layer's column space = Σ crossbar widths). Each ``xbar.crossbar`` carries:
   term) are not emitted, so weights with all-zero blocks can need fewer.
 
 ``xbar-place`` adds ``replication`` (i64 ≥ 1) to every layer, ``chip``, ``tile``, ``ima`` to every
-crossbar (the place of its first copy; copies follow in the next IMAs), and on the module
+crossbar (the place of its first copy), ``copies`` (dense i64 array ``[chip, tile, ima, ...]``, the
+places of its other replication − 1 copies; absent when the layer is not replicated), and on the module
 ``pimc.chips`` (i64) and ``pimc.chip_traffic_bytes`` (i64, activation bytes per inference that
 cross between chips).
 """
@@ -248,6 +249,8 @@ class CrossbarOp(IRDLOperation):
     chip = opt_prop_def(IntegerAttr)
     tile = opt_prop_def(IntegerAttr)
     ima = opt_prop_def(IntegerAttr)
+    #: places of the extra copies of a replicated layer's crossbar: [chip, tile, ima] per copy
+    copies = opt_prop_def(DenseArrayBase)
 
     def __init__(
         self,
@@ -309,6 +312,10 @@ class CrossbarOp(IRDLOperation):
             a = getattr(self, f)
             if a is not None and _int(a) < 0:
                 raise VerifyException(f"xbar.crossbar: {f} must be >= 0")
+        if self.copies is not None:
+            places = [int(v) for v in self.copies.get_values()]
+            if len(places) % 3 or min(places, default=0) < 0:
+                raise VerifyException("xbar.crossbar: copies must be [chip, tile, ima] triples of integers >= 0")
         rt = _view(self.row_table, "<i4")
         lo, hi = int(rt.min()), int(rt.max())
         if lo < -1:
@@ -500,6 +507,9 @@ class LayerOp(IRDLOperation):
                 raise VerifyException(f"{where}: crossbar widths sum to {ends}, but columns = {self.columns}")
         if self.replication is not None and _int(self.replication) < 1:
             raise VerifyException(f"{where}: replication must be >= 1")
+        for x in xbars:
+            if x.copies is not None and len(x.copies.get_values()) != 3 * ((_int(self.replication) if self.replication is not None else 1) - 1):
+                raise VerifyException(f"{where}: each crossbar lists the places of replication - 1 copies")
 
     def _verify_sliced(self, k: int, n: int, wb: int) -> None:
         where = "xbar.layer"

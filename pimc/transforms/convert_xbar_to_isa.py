@@ -4,7 +4,7 @@
 Each SSA value gets one buffer (batch dimension ``?``), named after the op that produces it
 (``pimc.name``). A matrix layer (``xbar.layer``) lowers to::
 
-    .layer NAME
+    .layer NAME replication=N                 (N: the layer's replication chosen by xbar-place)
     im2col    NAME.cols <- input              (convolutions only; a gemm reads its input directly)
     mvm       xbar i -> NAME.colres @ col0_i  (one per crossbar of the layer)
     shiftadd  NAME.acc <- NAME.colres, colmap, init=1
@@ -110,8 +110,8 @@ class Lowering:
     def emit(self, cls: type[isa.IsaOp], **fields: Any) -> None:
         self.body.append(cls.build(**fields))
 
-    def layer(self, name: str) -> None:
-        self.emit(isa.LayerDirective, label=name)
+    def layer(self, name: str, replication: int = 1) -> None:
+        self.emit(isa.LayerDirective, label=name, replication=replication)
 
     def const(self, base: str, array: np.ndarray | DenseIntOrFPElementsAttr) -> str:
         """Declares a constant; a dense attribute of the right type is shared, not copied."""
@@ -191,7 +191,8 @@ class Lowering:
             for r in op.results:
                 _qt(r, op)  # a float value: the network is not quantized
             lower = self._lowering_of(op)
-            self.layer(self.layer_names.fresh(label))
+            replication = (op.int_prop("replication") or 1) if op.name == "xbar.layer" else 1
+            self.layer(self.layer_names.fresh(label), replication)
             lower(op, label)
         self.emit(isa.HaltOp)
         return [*self.decls, *self.buffers, *self.ports, *self.body]
@@ -469,6 +470,7 @@ class Lowering:
                     tile=_opt_int(x.tile),
                     ima=_opt_int(x.ima),
                     lossless=int(x.lossless.value.data),
+                    copies=[] if x.copies is None else [int(v) for v in x.copies.get_values()],
                 )
             )
             self.emit(isa.MvmOp, xbar=xid, src=mvm_src, dst=colres, col0=col0, bits=bits, dac_bits=dac_bits, order=order)

@@ -7,7 +7,9 @@ Policy (document of record; the cost model reads the result):
   ``replication`` copies take ⌈r·n / X⌉ consecutive IMAs (X = ``ima.crossbars``), copy after copy;
   IMAs fill tiles (``tile.imas``) and tiles fill chips (``chip.tiles``) in order, so a layer larger
   than what is left of a chip continues on the next one, and a model larger than one chip uses as
-  many chips as it needs. Each ``xbar.crossbar`` records the place of its first copy.
+  many chips as it needs. Each ``xbar.crossbar`` records the place of its first copy (``chip``,
+  ``tile``, ``ima``) and those of its other copies (``copies``): copy k of the layer's crossbar j
+  (of n) sits in the layer's IMA ⌊(k·n + j) / X⌋.
 - ``replicate`` (ISAAC): a layer's pipeline stage time is proportional to its iterations per
   inference (output positions) divided by its replication. Within the IMAs left free on the chips
   the unreplicated model needs, the slowest stage is replicated once more, repeatedly, until its next
@@ -26,7 +28,7 @@ import heapq
 from dataclasses import dataclass
 
 from xdsl.context import Context
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import DenseArrayBase, ModuleOp, i64
 from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 
@@ -142,13 +144,21 @@ class XbarPlace(ModulePass):
         cursor = 0  # next free IMA (global index)
         layer_chips: list[set[int]] = []
         home: dict[LayerOp, int] = {}
+        def place(ima: int) -> tuple[int, int, int]:
+            tile = ima // imas_per_tile
+            return tile // tiles_per_chip, tile % tiles_per_chip, ima % imas_per_tile
+
         for layer, xs, r in zip(layers, xbars, reps):
             for j, x in enumerate(xs):
-                ima = cursor + j // per_ima
-                tile = ima // imas_per_tile
-                x.properties["chip"] = i64_attr(tile // tiles_per_chip)
-                x.properties["tile"] = i64_attr(tile % tiles_per_chip)
-                x.properties["ima"] = i64_attr(ima % imas_per_tile)
+                chip, tile, ima = place(cursor + j // per_ima)
+                x.properties["chip"] = i64_attr(chip)
+                x.properties["tile"] = i64_attr(tile)
+                x.properties["ima"] = i64_attr(ima)
+                copies = [v for k in range(1, r) for v in place(cursor + (k * len(xs) + j) // per_ima)]
+                if copies:
+                    x.properties["copies"] = DenseArrayBase.from_list(i64, copies)
+                else:
+                    x.properties.pop("copies", None)
             used = -(-r * len(xs) // per_ima)
             first = cursor // imas_per_chip
             last = (cursor + used - 1) // imas_per_chip if used else first
