@@ -135,6 +135,7 @@ class Machine:
         self.mvm_runs = self._mvm_runs()
         self.xbar_groups: dict[tuple[int, ...], K.XbarGroup] = {}
         self.layer_mats: dict[tuple[int, int], K.LayerMatrix | None] = {}
+        self.sa_plans: dict[tuple[str, int, int], K.ShiftaddPlan] = {}
         self.prepared = False
         self.nz_tables: dict[tuple[int, int], np.ndarray] = {}
 
@@ -561,7 +562,18 @@ class Machine:
             if prev is None or prev.shape[0] != src.shape[0]:
                 raise ProgramError(f"instruction {self.pc} (shiftadd, init = 0) accumulates into {dst_name!r}, which holds nothing yet")
             dst = prev.astype(np.int64, copy=True)
-        acc = K.shiftadd(src, colmap, decl.shape[1], dst)
+        acc = None
+        if src.ndim == 2 and src.dtype == np.int64:
+            key = (ins.fields["colmap"], decl.shape[1], src.shape[1])
+            plan = self.sa_plans.get(key)
+            if plan is None:
+                plan = self.sa_plans[key] = K.ShiftaddPlan(colmap, decl.shape[1], src.shape[1])
+            vmax = max(abs(int(src.max())), abs(int(src.min()))) if src.size else 0
+            dmax = max(abs(int(dst.max())), abs(int(dst.min()))) if dst is not None and dst.size else 0
+            if plan.exact_for(vmax, dmax):
+                acc = plan.apply(src, dst)
+        if acc is None:
+            acc = K.shiftadd(src, colmap, decl.shape[1], dst)
         acc = self.write(dst_name, acc)
         return self._shiftadd_events(ins, src_name, src.shape[0], src.dtype.itemsize, acc.nbytes)
 

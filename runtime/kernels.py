@@ -394,6 +394,71 @@ def shiftadd(src: np.ndarray, colmap: np.ndarray, n_out: int, dst: np.ndarray | 
     return acc
 
 
+class ShiftaddPlan:
+    """A column map (isa.md §3.3) prepared once as a gather-and-sum: for every output n, the
+    columns that add to it with their integer coefficient (±2^shift, negated for a flipped
+    column) padded to a common length L, plus the flipped columns' unit-column terms as a small
+    dense [units, N] matrix and the broadcast (``out = −1``) columns as one vector. Integer
+    (int64) arithmetic, exact while the bound checked by ``exact_for`` holds."""
+
+    def __init__(self, colmap: np.ndarray, n_out: int, ncols: int):
+        out, shift, sign, flip, unit = parse_colmap(colmap, n_out, ncols)
+        w = sign * (np.int64(1) << shift)
+        flipped = flip > 0
+        live = out != -2
+        coef = np.where(flipped, -w, w)
+        direct = np.nonzero(out >= 0)[0]
+        order = direct[np.argsort(out[direct], kind="stable")]
+        counts = np.bincount(out[order], minlength=n_out)
+        L = int(counts.max()) if counts.size and order.size else 0
+        self.L = L
+        self.idx = np.zeros((n_out, max(L, 1)), dtype=np.intp)
+        self.cf = np.zeros((n_out, max(L, 1)), dtype=np.int64)
+        if order.size:
+            starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+            pos = np.arange(order.size) - np.repeat(starts, counts)
+            self.idx[out[order], pos] = order
+            self.cf[out[order], pos] = coef[order]
+        # broadcast columns: their own terms and their unit terms, one vector over source columns
+        bvec = np.zeros(ncols, dtype=np.int64)
+        bc = np.nonzero(out == -1)[0]
+        np.add.at(bvec, bc, coef[bc])
+        bf = bc[flipped[bc]]
+        np.add.at(bvec, unit[bf], flip[bf] * w[bf])
+        self.bcols = np.nonzero(bvec)[0]
+        self.bvec = bvec[self.bcols]
+        # flipped direct columns: flip·2^shift·sign·src[unit] into their output
+        fd = direct[flipped[direct]]
+        self.units, uidx = np.unique(unit[fd], return_inverse=True)
+        self.E = np.zeros((self.units.size, n_out), dtype=np.int64)
+        np.add.at(self.E, (uidx, out[fd]), flip[fd] * w[fd])
+        self.n_out = n_out
+        self.ncols = ncols
+        self.active = int(live.sum())
+        # Σ |coefficients| reaching one output: the exactness bound per unit of |src|
+        per_out = np.abs(self.cf).sum(axis=1) + np.abs(self.E).sum(axis=0)
+        self.coef_bound = (int(per_out.max()) if per_out.size else 0) + int(np.abs(self.bvec).sum())
+
+    def exact_for(self, vmax: int, dst_max: int = 0) -> bool:
+        return vmax * self.coef_bound + dst_max < (1 << 62)
+
+    def apply(self, src: np.ndarray, dst: np.ndarray | None) -> np.ndarray:
+        P = src.shape[0]
+        acc = np.zeros((P, self.n_out), dtype=np.int64) if dst is None else dst
+        if self.L:
+            block = max(1, (1 << 18) // max(self.n_out * self.L, 1))
+            flat_idx = self.idx.ravel()
+            for p0 in range(0, P, block):  # per memory block of iterations
+                g = src[p0 : p0 + block][:, flat_idx].reshape(-1, self.n_out, self.L)
+                g *= self.cf
+                acc[p0 : p0 + block] += g.sum(axis=2)
+        if self.units.size:
+            acc += src[:, self.units].astype(np.int64) @ self.E
+        if self.bcols.size:
+            acc += (src[:, self.bcols].astype(np.int64) @ self.bvec)[:, None]
+        return acc
+
+
 # ------------------------------------------------------------------------ fused fast layers
 
 
