@@ -103,7 +103,7 @@ class Opcode:
     id: int
     fields: tuple[Field, ...]
     summary: str
-    #: reserved by spec/isa.md §4: accepted in files (fields free-form), rejected by a 1.0 executor
+    #: reserved by spec/isa.md §4: accepted in files (fields free-form), rejected by a 1.x executor
     reserved: bool = False
     #: checks over the whole field dict; each returns (field, message) or None
     checks: tuple[Callable[[dict], tuple[str, str] | None], ...] = ()
@@ -714,7 +714,7 @@ def schema_markdown() -> str:
     rows = ["| id | opcode | fields in canonical order: kind (constraints), default |", "|---|---|---|"]
     for op in sorted(OPCODES.values(), key=lambda o: o.id):
         if op.reserved:
-            text = "*reserved* (isa.md §4): any fields; a 1.0 executor rejects the instruction"
+            text = "*reserved* (isa.md §4): any fields; a 1.x executor rejects the instruction"
         elif not op.fields:
             text = "–"
         else:
