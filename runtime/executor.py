@@ -460,7 +460,7 @@ class Machine:
         res, events = K.mvm(src2d, xb, bits, dac_bits, _need(ins, "order", self.pc), use_fast)
         return self._mvm_post(ins, xb, src2d, bits, dac_bits, use_fast, res, events)
 
-    def _mvm_post(self, ins: Instr, xb, src2d, bits: int, dac_bits: int, use_fast: bool, res, events):
+    def _mvm_post(self, ins: Instr, xb, src2d, bits: int, dac_bits: int, use_fast: bool, res, events, written: bool = False):
         xid = xb.id
         src_name, dst_name = ins.fields["src"], _need(ins, "dst", self.pc)
         col0 = int(_need(ins, "col0", self.pc))
@@ -475,10 +475,11 @@ class Machine:
             dst = np.zeros((P, ccol), dtype=DTYPES[decl.dtype])
             self.env[dst_name] = dst
             self.colhomes[dst_name] = {}
-        lo, hi = D.type_range(dst.dtype)
-        if res.size and (res.min() < lo or res.max() > hi):
-            raise ProgramError(f"mvm on crossbar {xid}: column results overflow buffer {dst_name!r} ({decl.dtype})")
-        dst[:, col0 : col0 + xb.cols] = res
+        if not written:  # (a grouped mvm wrote int64 results in place, see _run_mvm_run)
+            lo, hi = D.type_range(dst.dtype)
+            if res.size and (res.min() < lo or res.max() > hi):
+                raise ProgramError(f"mvm on crossbar {xid}: column results overflow buffer {dst_name!r} ({decl.dtype})")
+            dst[:, col0 : col0 + xb.cols] = res
         place = self.place[xid]
         events.update(self._move(src_name, events["buffer_read_bytes"], place))
         if src_name not in self.homes:
@@ -538,13 +539,28 @@ class Machine:
                     raise ProgramError(f"mvm on crossbar {xb0.id}: bits and dac_bits must be positive")
                 g = self._group_of(slow)
                 self.pc, self.instr = slow[0], self.instrs[slow[0]]
-                res, dac_ones = K.mvm_group(src2d, g, bits, dac_bits)
+                # the crossbars' columns side by side in the destination: written there in place
+                dst_name = self.instrs[slow[0]].fields["dst"]
+                decl = self.buffers.get(dst_name)
+                c0 = int(self.instrs[slow[0]].fields["col0"])
+                view = None
+                if (decl is not None and len(decl.shape) == 2 and decl.dtype == "i64" and c0 >= 0
+                        and c0 + int(g.offsets[-1]) <= decl.shape[1]
+                        and all(int(self.instrs[m].fields["col0"]) == c0 + int(o) for m, o in zip(slow, g.offsets[:-1]))):
+                    dst = self.env.get(dst_name)
+                    if dst is None or dst.shape[0] != src2d.shape[0]:
+                        dst = np.zeros((src2d.shape[0], decl.shape[1]), dtype=np.int64)
+                        self.env[dst_name] = dst
+                        self.colhomes[dst_name] = {}
+                    view = dst[:, c0 : c0 + int(g.offsets[-1])]
+                res, dac_ones = K.mvm_group(src2d, g, bits, dac_bits, out=view)
                 T = _ceil_div(bits, dac_bits)
                 for m, o0, w in zip(slow, g.offsets[:-1], g.widths):
                     self.pc, self.instr = m, self.instrs[m]
                     xb = pre[m][0]
                     events = K.mvm_events(src2d.shape[0], T, xb, dac_ones, src2d.dtype.itemsize)
-                    self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac_bits, False, res[:, o0 : o0 + w], events), stats)
+                    self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac_bits, False, res[:, o0 : o0 + w], events,
+                                                   written=view is not None), stats)
             done.update(members)
         return end
 

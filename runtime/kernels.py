@@ -235,7 +235,7 @@ class XbarGroup:
         return self._f[key]
 
 
-def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int) -> tuple[np.ndarray, int]:
+def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """The bit-level mvm (isa.md §3.2) of every crossbar of a group at once: column results
     [P, ΣC] (int64, the crossbars side by side) and the group's ``dac_ones`` per crossbar (the
     same for all: it depends on the inputs and the shared row table only).
@@ -250,8 +250,10 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int) -> tupl
     T = -(-bits // dac_bits)
     mask = (1 << dac_bits) - 1
     C = int(g.offsets[-1])
-    out = np.zeros((P, C), dtype=np.int64)
+    if out is None:
+        out = np.zeros((P, C), dtype=np.int64)
     if not g.rows_used or not P:
+        out[...] = 0
         return out, 0
     if int(g.row_idx.max()) >= src2d.shape[1]:
         raise ProgramError(f"crossbar {g.xbs[0].id}: row table refers to input element {int(g.row_idx.max())}, but the input vector has {src2d.shape[1]}")
@@ -287,6 +289,10 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int) -> tupl
     small = src2d.dtype if src2d.dtype.kind == "u" else np.dtype(np.int64)
     packs = [list(range(k0, min(T, k0 + J))) for k0 in range(0, T, J)]
     pack_w = [np.array([float(1 << (F * j)) for j in range(len(pk))], dtype=ftype) for pk in packs]
+    if any_sat and (sat == sat[0]).all():
+        sat = sat.dtype.type(sat[0])  # one resolution for the whole group: a scalar bound
+    if any_drop and (keep == keep[0]).all():
+        keep = keep.dtype.type(keep[0])
     dac_ones = 0
     for p0 in range(0, P, block):  # per memory block of iterations
         x = src2d[p0 : p0 + block, g.row_idx].astype(small, copy=False)  # [p, R]
@@ -302,12 +308,17 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int) -> tupl
                     inp += d.astype(ftype) * pw[j]
             S = (inp @ cells).astype(itype)  # exact integers: J packed column sums
             f = np.empty_like(S)
+            last = len(pk) - 1
             for j, k in enumerate(pk):
-                if j:
+                if j == last and j:
+                    np.right_shift(S, F * j, out=f)  # the top field needs no mask
+                elif j:
                     np.right_shift(S, F * j, out=f)
                     np.bitwise_and(f, fmask, out=f)
-                else:
+                elif last:
                     np.bitwise_and(S, fmask, out=f)
+                else:
+                    f = S  # a single field
                 if any_sat:
                     np.minimum(f, sat, out=f)
                 if any_drop:
