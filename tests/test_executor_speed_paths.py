@@ -1,0 +1,194 @@
+"""The simulator's speed paths against plain references written from spec/isa.md.
+
+- ``kernels.mvm_group`` (crossbars sharing a row table, several bit-steps packed per float
+  product, per-crossbar ADC) against §3.2 computed one step at a time with int64 arithmetic;
+- ``kernels.ShiftaddPlan`` (the prepared gather-and-sum column map) against §3.3 column by column;
+- ``kernels.LayerMatrix.apply`` (K-chunked exact float32 SGEMM) against an exact integer product;
+- whole runs: a cached Machine gives the same outputs and counters on a second run.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runtime import kernels as K
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def ref_mvm(src: np.ndarray, image: np.ndarray, table: np.ndarray, bits: int, dac: int, cell_bits: int,
+            adc_bits: int, mode: str, order: str) -> tuple[np.ndarray, int]:
+    """spec/isa.md §3.2, one iteration set and one step at a time, int64."""
+    R, C = image.shape
+    P = src.shape[0]
+    T = -(-bits // dac)
+    mask = (1 << dac) - 1
+    x = np.zeros((P, R), dtype=np.int64)
+    for r in range(R):
+        if table[r] >= 0:
+            x[:, r] = src[:, table[r]]
+    s_max = R * ((1 << dac) - 1) * ((1 << cell_bits) - 1)
+    D = max(0, s_max.bit_length() - adc_bits)
+    out = np.zeros((P, C), dtype=np.int64)
+    ones = 0
+    steps = range(T) if order == "lsb" else range(T - 1, -1, -1)
+    for k in steps:
+        d = (x >> (k * dac)) & mask
+        ones += int(np.count_nonzero(d[:, table >= 0]))
+        s = d @ image.astype(np.int64)
+        if mode == "saturate":
+            a = np.minimum(s, (1 << adc_bits) - 1)
+        else:
+            a = (s >> D) << D
+        out += a << (k * dac)
+    return out, ones
+
+
+@st.composite
+def groups(draw):
+    bits = draw(st.integers(1, 9))
+    dac = draw(st.integers(1, 4))
+    cell_bits = draw(st.integers(1, 4))
+    R = draw(st.integers(1, 40))
+    Kin = draw(st.integers(1, 50))
+    P = draw(st.integers(1, 30))
+    nx = draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    table = rng.integers(-1, Kin, R)
+    if draw(st.booleans()):
+        table[:] = np.arange(R) % Kin  # every row used
+    src = rng.integers(0, 1 << bits, (P, Kin)).astype(np.uint8 if bits <= 8 else np.uint16)
+    if draw(st.booleans()):
+        src[rng.random(src.shape) < 0.5] = 0  # sparse, as after a ReLU
+    xbs, images, adcs = [], [], []
+    for i in range(nx):
+        C = draw(st.integers(1, 12))
+        image = rng.integers(0, 1 << cell_bits, (R, C))
+        if draw(st.booleans()):
+            image[:] = (1 << cell_bits) - 1  # full cells: the largest column sums
+        adc_bits = draw(st.integers(1, 14))
+        mode = draw(st.sampled_from(["saturate", "drop-lsb"]))
+        decl = SimpleNamespace(id=i, rows=R, cols=C, adc_bits=adc_bits, adc_mode=mode, lossless=0, image=f"img{i}", row_table="t")
+        xbs.append(K.prepare_xbar(decl, image.astype(np.uint8), table.astype(np.int32), cell_bits))
+        images.append(image)
+        adcs.append((adc_bits, mode))
+    order = draw(st.sampled_from(["lsb", "msb"]))
+    return src, table, bits, dac, cell_bits, xbs, images, adcs, order
+
+
+@SETTINGS
+@given(groups())
+def test_mvm_group_equals_stepwise_reference(case):
+    src, table, bits, dac, cell_bits, xbs, images, adcs, order = case
+    g = K.XbarGroup(xbs)
+    got, ones = K.mvm_group(src, g, bits, dac)
+    refs = [ref_mvm(src, im, table, bits, dac, cell_bits, a, m, order) for im, (a, m) in zip(images, adcs)]
+    want = np.concatenate([r[0] for r in refs], axis=1)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+    assert all(ones == r[1] for r in refs)
+    # and the single-crossbar kernel agrees (bit-level and, when lossless, fast)
+    for xb, r in zip(xbs, refs):
+        one, ev = K.mvm(src, xb, bits, dac, order, fast=False)
+        np.testing.assert_array_equal(one, r[0])
+        assert ev["dac_ones"] == r[1]
+        if xb.provably_lossless(dac):
+            fast, evf = K.mvm(src, xb, bits, dac, order, fast=True)
+            np.testing.assert_array_equal(fast, r[0])
+            assert evf == ev
+
+
+@SETTINGS
+@given(groups(), st.integers(0, 2**31 - 1))
+def test_mvm_group_writes_in_place(case, seed):
+    src, table, bits, dac, cell_bits, xbs, images, adcs, order = case
+    g = K.XbarGroup(xbs)
+    want, _ = K.mvm_group(src, g, bits, dac)
+    big = np.random.default_rng(seed).integers(-5, 5, (src.shape[0], int(g.offsets[-1]) + 7))
+    view = big[:, 3 : 3 + int(g.offsets[-1])]
+    K.mvm_group(src, g, bits, dac, out=view)
+    np.testing.assert_array_equal(big[:, 3 : 3 + int(g.offsets[-1])], want)
+
+
+def test_mvm_group_many_rows_uses_wide_fields():
+    """Sums beyond 2^12 (a field wider than 12 bits): one step per float32 product or float64 packs."""
+    rng = np.random.default_rng(3)
+    R, C, cell_bits = 512, 5, 4
+    table = np.arange(R)
+    image = np.full((R, C), 15)
+    src = rng.integers(0, 256, (7, R)).astype(np.uint8)
+    src[0] = 255
+    for dac in (1, 2, 4):
+        for adc_bits, mode in ((20, "saturate"), (9, "saturate"), (9, "drop-lsb")):
+            decl = SimpleNamespace(id=0, rows=R, cols=C, adc_bits=adc_bits, adc_mode=mode, lossless=0, image="i", row_table="t")
+            xb = K.prepare_xbar(decl, image.astype(np.uint8), table.astype(np.int32), cell_bits)
+            got, ones = K.mvm_group(src, K.XbarGroup([xb, xb]), 8, dac)
+            want, wones = ref_mvm(src, image, table, 8, dac, cell_bits, adc_bits, mode, "lsb")
+            np.testing.assert_array_equal(got, np.concatenate([want, want], axis=1))
+            assert ones == wones
+
+
+def ref_shiftadd(src: np.ndarray, colmap: np.ndarray, n_out: int) -> np.ndarray:
+    """spec/isa.md §3.3, column by column, Python integers."""
+    P = src.shape[0]
+    dst = [[0] * n_out for _ in range(P)]
+    for c, (out, shift, sign, flip, unit) in enumerate(colmap.tolist()):
+        if out == -2:
+            continue
+        for p in range(P):
+            v = int(src[p, c]) if flip == 0 else flip * int(src[p, unit]) - int(src[p, c])
+            add = sign * (1 << shift) * v
+            if out >= 0:
+                dst[p][out] += add
+            else:
+                for o in range(n_out):
+                    dst[p][o] += add
+    return np.array(dst, dtype=np.int64).reshape(P, n_out)
+
+
+@SETTINGS
+@given(st.integers(1, 8), st.integers(1, 30), st.integers(1, 6), st.integers(0, 2**31 - 1), st.booleans())
+def test_shiftadd_plan_equals_columnwise_reference(n_out, ncols, P, seed, init):
+    rng = np.random.default_rng(seed)
+    out = rng.integers(-2, n_out, ncols)
+    shift = rng.integers(0, 12, ncols)
+    sign = rng.choice([-1, 1], ncols)
+    flipped = rng.random(ncols) < 0.4
+    flip = np.where(flipped, rng.integers(1, 16, ncols), 0)
+    unit = np.where(flipped, rng.integers(0, ncols, ncols), 0)
+    colmap = np.stack([out, shift, sign, flip, unit], axis=1).astype(np.int64)
+    src = rng.integers(0, 1 << 14, (P, ncols)).astype(np.int64)
+    plan = K.ShiftaddPlan(colmap, n_out, ncols)
+    assert plan.exact_for(int(src.max()))
+    dst = rng.integers(-100, 100, (P, n_out)).astype(np.int64) if init else None
+    want = ref_shiftadd(src, colmap, n_out) + (dst if dst is not None else 0)
+    got = plan.apply(src, None if dst is None else dst.copy())
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(K.shiftadd(src, colmap, n_out, None if dst is None else dst.copy()), want)
+
+
+@SETTINGS
+@given(st.integers(1, 12), st.integers(1, 700), st.integers(1, 9), st.integers(1, 20), st.integers(0, 2**31 - 1))
+def test_layer_matrix_product_is_exact(bits, Kin, N, P, seed):
+    rng = np.random.default_rng(seed)
+    wmax = int(rng.choice([3, 127, 255, 4095, 1 << 20]))
+    W = rng.integers(-wmax, wmax + 1, (Kin, N)).astype(np.int64)
+    x = rng.integers(0, 1 << bits, (P, Kin)).astype(np.uint16)
+    x[0] = (1 << bits) - 1
+    lm = K.LayerMatrix(W, bits)
+    got = lm.apply(x, bits)
+    want = (x.astype(object) @ W.astype(object))
+    if got is None:
+        assert ((1 << bits) - 1) * int(np.abs(W).sum(axis=0).max()) >= (1 << 53)
+        return
+    assert got.dtype == np.int64
+    assert (got.astype(object) == want).all()
+    chunks = lm.plan(bits)
+    if chunks is not None:  # every chunk's worst case stays below 2^24
+        for k0, k1 in chunks:
+            assert k1 - k0 == 1 or ((1 << bits) - 1) * int(np.abs(W[k0:k1]).sum(axis=0).max()) < (1 << 24)
