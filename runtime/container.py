@@ -222,7 +222,11 @@ def _sections(program: Program) -> list[tuple[int, list[Any]]]:
 def write_program(program: Program) -> bytes:
     """The canonical ``.pimx`` bytes of ``program`` (validated first: ``ProgramError`` if ill formed)."""
     validate_program(program, "<program being written>")
-    sections = _sections(program)
+    return _file(_sections(program), FORMAT_VERSION)
+
+
+def _file(sections: list[tuple[int, list[Any]]], version: tuple[int, int]) -> bytes:
+    """Header, section table, the sections (8-aligned) and the checksum."""
     n = len(sections)
     table_end = HEADER.size + n * SECTION.size
     offset = table_end + _pad(table_end)
@@ -232,7 +236,7 @@ def write_program(program: Program) -> bytes:
         entries.append((kind, offset, length))
         offset += length + _pad(length)
     file_len = offset + CHECKSUM_BYTES
-    parts: list[Any] = [HEADER.pack(MAGIC, *FORMAT_VERSION, 0, n, file_len)]
+    parts: list[Any] = [HEADER.pack(MAGIC, *version, 0, n, file_len)]
     parts += [SECTION.pack(kind, 0, off, length) for kind, off, length in entries]
     parts.append(b"\0" * _pad(table_end))
     for (kind, chunks), (_, _, length) in zip(sections, entries):
@@ -250,8 +254,10 @@ def save_program(program: Program, path: str | Path) -> None:
 def program_stats(program: Program) -> dict:
     """Sizes a report or ``--stats`` prints: instructions and crossbar images apart.
 
-    ``instruction_bytes`` is the encoded instruction section; the constant figures are raw array
-    bytes (without directory or alignment); ``file_bytes`` is what ``write_program`` would write.
+    ``crossbars`` counts the declared crossbars, ``crossbar_copies`` the copies of replicated
+    layers' crossbars (they share the images: no extra image bytes). ``instruction_bytes`` is the
+    encoded instruction section; the constant figures are raw array bytes (without directory or
+    alignment); ``file_bytes`` is what ``write_program`` would write.
     """
     sections = _sections(program)
     images = _image_names(program)
@@ -268,6 +274,7 @@ def program_stats(program: Program) -> dict:
         "instructions": len(program.instrs),
         "instruction_bytes": section_bytes["instructions"],
         "crossbars": len(program.xbars),
+        "crossbar_copies": sum(len(x.copies) for x in program.xbars),
         "xbar_image_bytes": img,
         "other_const_bytes": other,
         "constants": len(program.consts),
