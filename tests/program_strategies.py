@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from runtime.model import DTYPES, Buffer, Const, Instr, Port, Program, Xbar
+from runtime.model import DTYPES, Buffer, Const, Instr, Layer, Port, Program, Xbar
 from runtime.opcodes import BUFFER_DTYPES, INT64_MAX, INT64_MIN, OPCODES, Field
 
 _BARE_FIRST = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_/"
@@ -150,7 +150,34 @@ def programs(draw, max_instrs: int = 12, max_xbars: int = 3) -> Program:
             if op.name == "requant" and fields["layout"] == "nchw":
                 fields["out_hw"] = draw(st.lists(st.integers(1, 64), min_size=2, max_size=2))
         instrs.append(Instr(op.name, fields, draw(st.sampled_from(layers))))
-    return Program(cfg, ports_in, ports_out, buffers, consts, xbars, instrs)
+    return Program(cfg, ports_in, ports_out, buffers, consts, xbars, instrs, layers=draw(_replication(instrs, xbars)))
+
+
+@st.composite
+def _replication(draw, instrs: list[Instr], xbars: list[Xbar]) -> dict[str, Layer]:
+    """Format 1.1 layer replication: a factor per named layer (1 when layers that share a crossbar
+    drew different ones), and replication - 1 copies, at random places, of every crossbar its
+    mvms use."""
+    names = sorted({i.layer for i in instrs if i.layer})
+    rep = {n: draw(st.integers(1, 3)) for n in names}
+    users: dict[int, set[str]] = {}
+    for i in instrs:
+        if i.opcode == "mvm":
+            users.setdefault(int(i.fields["xbar"]), set()).add(i.layer)
+    changed = True
+    while changed:
+        changed = False
+        for layers in users.values():
+            if len({rep.get(n, 1) for n in layers}) > 1:
+                for n in layers:
+                    changed |= rep.get(n, 1) != 1
+                    if n in rep:
+                        rep[n] = 1
+    place = st.tuples(st.integers(0, 3), st.integers(0, 2**32 - 1), st.integers(0, 15))
+    for xid, layers in users.items():
+        r = rep.get(next(iter(layers)), 1)
+        xbars[xid].copies = draw(st.lists(place, min_size=r - 1, max_size=r - 1))
+    return {n: Layer(r) for n, r in rep.items() if r != 1 or draw(st.booleans())}
 
 
 def _value(f: Field, by_kind: dict, n_xbars: int, fixed: dict) -> st.SearchStrategy:

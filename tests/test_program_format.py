@@ -91,6 +91,7 @@ def assert_same_program(a: Program, b: Program) -> None:
         assert ca.name == cb.name and ca.array.dtype == cb.array.dtype and ca.array.shape == cb.array.shape
         assert ca.array.tobytes() == cb.array.tobytes()
     assert [vars(x) for x in a.xbars] == [vars(x) for x in b.xbars]
+    assert {n: a.replication(n) for n in {*a.layers, *b.layers}} == {n: b.replication(n) for n in {*a.layers, *b.layers}}
     assert [(i.opcode, i.layer, canonical_fields(i.opcode, i.fields)) for i in a.instrs] == [
         (i.opcode, i.layer, canonical_fields(i.opcode, i.fields)) for i in b.instrs
     ]
