@@ -136,7 +136,7 @@ class Machine:
         self.xbar_groups: dict[tuple[int, ...], K.XbarGroup] = {}
         self.layer_mats: dict[tuple[int, int], K.LayerMatrix | None] = {}
         self.sa_plans: dict[tuple[str, int, int], K.ShiftaddPlan] = {}
-        self.prepared = False
+        self.prepared: set[bool] = set()
         self.nz_tables: dict[tuple[int, int], np.ndarray] = {}
 
     def _mvm_runs(self) -> dict[int, list[list[int]]]:
@@ -355,15 +355,46 @@ class Machine:
         return self.layer_mats[key]
 
     def prepare(self, fast_path: bool) -> None:
-        """Build, once per program, the per-layer matrices the fast path multiplies by (from the
-        declared input widths); done before execution is timed (``prepare_wall_s``)."""
-        if not fast_path or self.prepared:
+        """Build, once per program, what execution multiplies by: the fast path's per-layer
+        matrices (from the declared input widths), the bit-level crossbar groups (cells side by
+        side, as floats) and the shiftadd plans. Done before execution is timed (reported as
+        ``prepare_wall_s``); anything not prepared here is built on first use."""
+        if fast_path in self.prepared:
             return
-        for first in self.groups:
-            sdecl = self.buffers.get(self.instrs[first].fields["src"])
-            if sdecl is not None and sdecl.shape:
-                self._layer_matrix(first, int(sdecl.shape[-1]))
-        self.prepared = True
+        if fast_path:
+            for first in self.groups:
+                sdecl = self.buffers.get(self.instrs[first].fields["src"])
+                if sdecl is not None and sdecl.shape:
+                    self._layer_matrix(first, int(sdecl.shape[-1]))
+        for first, sets in self.mvm_runs.items():
+            for members in sets:
+                try:
+                    slow = []
+                    for k in members:
+                        f = self.instrs[k].fields
+                        dac = int(f["dac_bits"])
+                        xb = self.xbars[int(f["xbar"])]
+                        if dac >= 1 and not (fast_path and xb.provably_lossless(dac)):
+                            slow.append(k)
+                    if len(slow) >= 2:
+                        f = self.instrs[slow[0]].fields
+                        self._group_of(slow).prepare(int(f["bits"]), int(f["dac_bits"]))
+                except (KeyError, TypeError, ValueError, ProgramError):
+                    continue  # execution reports what is wrong
+        for ins in self.instrs:
+            if ins.opcode != "shiftadd":
+                continue
+            try:
+                sdecl, ddecl = self.buffers.get(ins.fields["src"]), self.buffers.get(ins.fields["dst"])
+                colmap = self.consts.get(ins.fields["colmap"])
+                if sdecl is None or ddecl is None or colmap is None or len(sdecl.shape) != 2 or len(ddecl.shape) != 2:
+                    continue
+                key = (ins.fields["colmap"], ddecl.shape[1], sdecl.shape[1])
+                if key not in self.sa_plans:
+                    self.sa_plans[key] = K.ShiftaddPlan(colmap, ddecl.shape[1], sdecl.shape[1])
+            except (KeyError, TypeError, ValueError, ProgramError):
+                continue
+        self.prepared.add(fast_path)
 
     def _run_fused(self, first: int, stats: list[InstrStats]) -> bool:
         """A lossless layer's mvms and shiftadd as one exact product x @ W_eff, with the events the
@@ -914,6 +945,7 @@ def run_program(
     chunk = 1 if batch_size is None else min(B, int(batch_size))
     bar = _progress(B) if progress and B > 1 else None
     t0 = time.perf_counter()
+    limits = _blas_single_thread()
     try:
         if bar is not None:
             bar[0].start()
@@ -938,6 +970,8 @@ def run_program(
             if bar is not None:
                 bar[0].advance(bar[1], n)
     finally:
+        if limits is not None:
+            limits.restore_original_limits()
         if bar is not None:
             bar[0].stop()
     wall = time.perf_counter() - t0
@@ -945,6 +979,22 @@ def run_program(
     report = build_report(program, stats, B, wall, m, fast_path=fast_path)
     report["prepare_wall_s"] = prepare_wall
     return outputs, report
+
+
+def _blas_single_thread():
+    """Limit BLAS to one thread for the run (restored after it), when threadpoolctl is installed:
+    the kernels' BLAS calls are many and small, and a multi-threaded BLAS sharing cores with
+    other work spins; the kernels run independent blocks on their own worker threads instead."""
+    if K.WORKERS <= 1:
+        return None
+    try:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    except ImportError:
+        return None
+    try:
+        return threadpool_limits(limits=1, user_api="blas")
+    except Exception:  # noqa: BLE001 - an unusual BLAS setup: run as is
+        return None
 
 
 def _fingerprint(program: Program) -> tuple:

@@ -8,6 +8,8 @@ iterations (to bound the size of the bit-plane matrix).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -213,6 +215,24 @@ def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, f
 #: elements of one block of a crossbar group's column sums (iterations x columns) processed at once
 GROUP_BLOCK_ELEMS = 1 << 17
 
+#: worker threads for independent blocks of a kernel (set to 1 for strictly sequential kernels)
+WORKERS = min(2, os.cpu_count() or 1)
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _workers() -> int:
+    return max(1, int(WORKERS))
+
+
+def _map(fn, items: list) -> list:
+    """fn over items, on a small thread pool when there is more than one item (results in order)."""
+    global _POOL
+    if len(items) <= 1 or _workers() == 1:
+        return [fn(it) for it in items]
+    if _POOL is None or _POOL._max_workers != _workers():
+        _POOL = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="pimc-runtime")
+    return list(_POOL.map(fn, items))
+
 
 class XbarGroup:
     """Crossbars sharing one row table (a layer's row block) prepared for the grouped bit-level
@@ -228,11 +248,33 @@ class XbarGroup:
         self.max_col_sum = max(xb.max_col_sum for xb in xbs)
         self._f: dict[str, np.ndarray] = {}
 
+    def prepare(self, bits: int, dac_bits: int) -> None:
+        """Build the float cells the grouped product of these widths uses."""
+        if bits >= 1 and dac_bits >= 1:
+            self.cells_as(_pack_params(self.max_col_sum, bits, dac_bits)[2])
+
     def cells_as(self, dtype) -> np.ndarray:
         key = np.dtype(dtype).str
         if key not in self._f:
             self._f[key] = self.cells.astype(dtype)
         return self._f[key]
+
+
+def _pack_params(max_col_sum: int, bits: int, dac_bits: int):
+    """(F, J, float type, int type) of the packed bit-level product: one step's column sum is
+    below 2^F; J steps share a float32 product (⌊24/F⌋ ≥ 2) or else a float64 one (⌊53/F⌋)."""
+    T = -(-bits // dac_bits)
+    plane_bound = ((1 << dac_bits) - 1) * max_col_sum
+    assert plane_bound < (1 << 53)
+    F = max(1, int(plane_bound).bit_length())  # one step's column sum < 2^F
+    if 24 // F >= 2:
+        J, ftype = 24 // F, np.float32
+    else:
+        J, ftype = max(1, 53 // F), np.float64  # float32 would carry at most one step
+    J = max(1, min(J, T))
+    # packed sums < 2^(F·J), shifted fields and their total < 2^(F + T·v): int32 when both fit
+    itype = np.int32 if max(F * J, F + T * dac_bits) <= 31 else np.int64
+    return F, J, ftype, itype
 
 
 def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
@@ -258,15 +300,7 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
     if int(g.row_idx.max()) >= src2d.shape[1]:
         raise ProgramError(f"crossbar {g.xbs[0].id}: row table refers to input element {int(g.row_idx.max())}, but the input vector has {src2d.shape[1]}")
     plane_bound = mask * g.max_col_sum
-    assert plane_bound < (1 << 53)
-    F = max(1, int(plane_bound).bit_length())  # one step's column sum < 2^F
-    if 24 // F >= 2:
-        J, ftype = 24 // F, np.float32
-    else:
-        J, ftype = max(1, 53 // F), np.float64  # float32 would carry at most one step
-    J = max(1, min(J, T))
-    # packed sums < 2^(F·J), shifted fields and their total < 2^(F + T·v): int32 when both fit
-    itype = np.int32 if max(F * J, F + T * dac_bits) <= 31 else np.int64
+    F, J, ftype, itype = _pack_params(g.max_col_sum, bits, dac_bits)
     cells = g.cells_as(ftype)
     # per-column ADC: threshold (saturate) or kept-bit mask (drop-lsb), as integers of itype
     sat = np.full(C, np.iinfo(itype).max, dtype=itype)
@@ -293,20 +327,25 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
         sat = sat.dtype.type(sat[0])  # one resolution for the whole group: a scalar bound
     if any_drop and (keep == keep[0]).all():
         keep = keep.dtype.type(keep[0])
-    dac_ones = 0
-    for p0 in range(0, P, block):  # per memory block of iterations
-        x = src2d[p0 : p0 + block, g.row_idx].astype(small, copy=False)  # [p, R]
-        acc = np.zeros((x.shape[0], C), dtype=atype)
+    def unit(p0: int, p1: int, c0: int, c1: int) -> int:
+        """out[p0:p1, c0:c1]; returns the block's dac_ones (counted by the c0 == 0 unit only)."""
+        x = src2d[p0:p1, g.row_idx].astype(small, copy=False)  # [p, R]
+        cl = cells[:, c0:c1]
+        st = sat if not isinstance(sat, np.ndarray) else sat[c0:c1]
+        kp = keep if not isinstance(keep, np.ndarray) else keep[c0:c1]
+        acc = np.zeros((x.shape[0], c1 - c0), dtype=atype)
+        ones = 0
         for pk, pw in zip(packs, pack_w):  # per pack of bit-steps
             inp = np.zeros(x.shape, dtype=ftype)
             for j, k in enumerate(pk):
                 d = (x >> small.type(k * dac_bits)) & small.type(mask)
-                dac_ones += int(np.count_nonzero(d))
+                if c0 == 0:
+                    ones += int(np.count_nonzero(d))
                 if j == 0:
                     inp += d
                 else:
                     inp += d.astype(ftype) * pw[j]
-            S = (inp @ cells).astype(itype)  # exact integers: J packed column sums
+            S = (inp @ cl).astype(itype)  # exact integers: J packed column sums
             f = np.empty_like(S)
             last = len(pk) - 1
             for j, k in enumerate(pk):
@@ -320,13 +359,22 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
                 else:
                     f = S  # a single field
                 if any_sat:
-                    np.minimum(f, sat, out=f)
+                    np.minimum(f, st, out=f)
                 if any_drop:
-                    np.bitwise_and(f, keep, out=f)
+                    np.bitwise_and(f, kp, out=f)
                 if k * dac_bits:
                     np.left_shift(f, k * dac_bits, out=f)
                 acc += f
-        out[p0 : p0 + block] = acc
+        out[p0:p1, c0:c1] = acc
+        return ones
+
+    # work units: blocks of iterations (all columns); a single block is split by columns, so
+    # that the units can run on worker threads (NumPy and BLAS release the GIL)
+    units = [(p0, min(P, p0 + block), 0, C) for p0 in range(0, P, block)]
+    if len(units) == 1 and C >= 256 and _workers() > 1:
+        h = C // 2
+        units = [(0, P, 0, h), (0, P, h, C)]
+    dac_ones = sum(_map(lambda u: unit(*u), units))
     return out, dac_ones
 
 
@@ -459,10 +507,13 @@ class ShiftaddPlan:
         if self.L:
             block = max(1, (1 << 18) // max(self.n_out * self.L, 1))
             flat_idx = self.idx.ravel()
-            for p0 in range(0, P, block):  # per memory block of iterations
+
+            def rows(p0: int) -> None:  # one memory block of iterations
                 g = src[p0 : p0 + block][:, flat_idx].reshape(-1, self.n_out, self.L)
                 g *= self.cf
                 acc[p0 : p0 + block] += g.sum(axis=2)
+
+            _map(rows, list(range(0, P, block)))
         if self.units.size:
             acc += src[:, self.units].astype(np.int64) @ self.E
         if self.bcols.size:
@@ -607,19 +658,31 @@ class LayerMatrix:
         if bound >= (1 << 53):
             return None
         chunks = self.plan(bits)
-        if chunks is None:
-            return (x.astype(np.float64) @ self.f64).astype(np.int64)
-        xf = x.astype(np.float32)
-        if len(chunks) == 1:
-            return (xf @ self.f32).astype(np.int64)
-        acc = None
-        for k0, k1 in chunks:
-            part = xf[:, k0:k1] @ self.f32[k0:k1]
-            if acc is None:
-                acc = part.astype(np.float64)
-            else:
-                acc += part
-        return acc.astype(np.int64)
+        P = x.shape[0]
+        out = np.empty((P, self.Wm.shape[1]), dtype=np.int64)
+
+        def rows(r: tuple[int, int]) -> None:  # one block of iterations
+            xs = x[r[0] : r[1]]
+            if chunks is None:
+                out[r[0] : r[1]] = xs.astype(np.float64) @ self.f64
+                return
+            xf = xs.astype(np.float32)
+            if len(chunks) == 1:
+                out[r[0] : r[1]] = xf @ self.f32
+                return
+            acc = None
+            for k0, k1 in chunks:
+                part = xf[:, k0:k1] @ self.f32[k0:k1]
+                if acc is None:
+                    acc = part.astype(np.float64)
+                else:
+                    acc += part
+            out[r[0] : r[1]] = acc
+
+        n = _workers() if P >= 64 else 1
+        step = -(-P // n) if P else 1
+        _map(rows, [(p0, min(P, p0 + step)) for p0 in range(0, P, step)])
+        return out
 
 
 # ------------------------------------------------------------------------------------ requant
