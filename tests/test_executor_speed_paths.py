@@ -173,11 +173,13 @@ def test_shiftadd_plan_equals_columnwise_reference(n_out, ncols, P, seed, init):
 
 
 @SETTINGS
-@given(st.integers(1, 12), st.integers(1, 700), st.integers(1, 9), st.integers(1, 20), st.integers(0, 2**31 - 1))
-def test_layer_matrix_product_is_exact(bits, Kin, N, P, seed):
+@given(st.integers(1, 12), st.integers(1, 700), st.integers(1, 9), st.integers(1, 20), st.integers(0, 2**31 - 1),
+       st.sampled_from([0.0, 0.9, 0.99]))
+def test_layer_matrix_product_is_exact(bits, Kin, N, P, seed, zeros):
     rng = np.random.default_rng(seed)
     wmax = int(rng.choice([3, 127, 255, 4095, 1 << 20]))
     W = rng.integers(-wmax, wmax + 1, (Kin, N)).astype(np.int64)
+    W[rng.random(W.shape) < zeros] = 0  # mostly-zero matrices take the gather-and-sum path
     x = rng.integers(0, 1 << bits, (P, Kin)).astype(np.uint16)
     x[0] = (1 << bits) - 1
     lm = K.LayerMatrix(W, bits)
