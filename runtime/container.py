@@ -3,8 +3,9 @@
 Layout: a 32-byte header (magic, version, flags, section count, file length), a section table,
 8-byte-aligned sections (strings, config, ports, buffers, constants, crossbar images, crossbars,
 instructions, and since format 1.1 layers and crossbar copies) and a SHA-256 of everything before
-it. Files of format 1.0 (no layer and copy sections: every layer has replication 1) are read too. Writing is canonical -- the same Program
-always gives the same bytes -- so ``disasm`` -> ``asm`` round trips can be checked byte for byte.
+it. Files of format 1.0 (no layer and copy sections: every layer has replication 1) are read too.
+Writing is canonical -- the same Program always gives the same bytes -- so ``disasm`` -> ``asm``
+round trips can be checked byte for byte.
 Constants are stored raw little-endian and read back with ``np.frombuffer`` (no per-element
 Python), as read-only views of the file's bytes.
 """
