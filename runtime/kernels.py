@@ -732,6 +732,17 @@ def requant(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int, chann
         acc = np.add(src, bias, dtype=np.int64)
     amax = max(abs(int(acc.max())), abs(int(acc.min()))) if acc.size else 0
     mmax = int(np.abs(mult).max()) if mult.size else 0
+    if shift.size and int(shift.max()) <= 62 and int(shift.min()) >= 0 and amax * mmax < (1 << 53) and lo >= -(1 << 53) and hi < (1 << 53):
+        # float64, exactly: (src + bias)·mult is an integer below 2^53, so multiplying by the
+        # exact constant mult·2^-shift gives (src + bias)·mult / 2^shift without rounding, and
+        # rint rounds half to even, as rne
+        scale = np.ldexp(mult.astype(np.float64), -shift)
+        y = acc.astype(np.float64)
+        y *= scale
+        np.rint(y, out=y)
+        y += zp
+        np.clip(y, lo, hi, out=y)
+        return y.astype(np.int64)
     if shift.size and int(shift.min()) >= 1 and amax * mmax + (1 << int(shift.max())) < (1 << 62):
         acc *= mult  # in place: the common case, every product and rounding offset within int64
         rne_shift_inplace(acc, shift)
