@@ -114,8 +114,10 @@ def main(
 
     out = Path(output_path) if output_path else Path(model).with_suffix(".pimx")
     save_program(program, out)
+    copies = sum(len(x.copies) for x in program.xbars)
+    physical = f" ({len(program.xbars) + copies} with replicas)" if copies else ""
     print(
-        f"wrote {out}: {len(program.instrs)} instructions, {len(program.xbars)} crossbars, "
+        f"wrote {out}: {len(program.instrs)} instructions, {len(program.xbars)} crossbars{physical}, "
         f"{out.stat().st_size:,} bytes",
         file=sys.stderr,
     )
