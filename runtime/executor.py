@@ -161,8 +161,7 @@ class Machine:
                 if xb is None:
                     continue
                 sets.setdefault(xb.row_idx.tobytes(), []).append(k)
-            if j - i > 1:
-                runs[i] = [v for v in sets.values() if len(v) > 1]
+            runs[i] = list(sets.values())
             i = j
         return runs
 
@@ -376,7 +375,7 @@ class Machine:
                         xb = self.xbars[int(f["xbar"])]
                         if dac >= 1 and not (fast_path and xb.provably_lossless(dac)):
                             slow.append(k)
-                    if len(slow) >= 2:
+                    if slow:
                         f = self.instrs[slow[0]].fields
                         self._group_of(slow).prepare(int(f["bits"]), int(f["dac_bits"]))
                 except (KeyError, TypeError, ValueError, ProgramError):
@@ -556,12 +555,12 @@ class Machine:
                 pre[m] = self._mvm_pre(self.instrs[m], fast_path)
             slow = [m for m in members if not pre[m][4]]
             for m in members:
-                if pre[m][4] or len(slow) < 2:  # fast crossbars, or nothing to group: one by one
+                if pre[m][4]:  # fast crossbars: one by one
                     self.pc, self.instr = m, self.instrs[m]
                     xb, src2d, bits, dac_bits, use_fast = pre[m]
                     res, events = K.mvm(src2d, xb, bits, dac_bits, _need(self.instrs[m], "order", m), use_fast)
                     self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac_bits, use_fast, res, events), stats)
-            if len(slow) >= 2:
+            if slow:
                 for m in slow:
                     if self.instrs[m].fields.get("order") not in ("lsb", "msb"):
                         raise ProgramError(f"mvm on crossbar {pre[m][0].id}: order must be lsb or msb, got {self.instrs[m].fields.get('order')!r}")
