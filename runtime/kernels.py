@@ -717,7 +717,7 @@ class LayerMatrix:
 # ------------------------------------------------------------------------------------ requant
 
 
-def requant(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int, channel_major: bool = False) -> np.ndarray:
+def _requant_block(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int, channel_major: bool = False) -> np.ndarray:
     """clamp(rne((src + bias)·mult / 2^shift) + zp, lo, hi) per column n (isa.md §3.4).
 
     ``channel_major``: return the result as [N, P] (C order), computed that way, so the
@@ -749,3 +749,31 @@ def requant(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int, chann
         acc += zp
         return np.clip(acc, lo, hi, out=acc)
     return clamp(mul_rne_shift(acc, mult, shift) + zp, lo, hi)
+
+
+def requant(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int, channel_major: bool = False,
+            out_dtype=None) -> np.ndarray:
+    """clamp(rne((src + bias)·mult / 2^shift) + zp, lo, hi) per column n (isa.md §3.4).
+
+    ``channel_major``: return the result as [N, P] (C order), computed that way, so the
+    per-channel constants broadcast along long rows (much faster when N is small).
+    ``out_dtype``: the result's type (its range must hold [lo, hi]); int64 by default.
+    Elementwise, so computed in blocks of iterations (on the worker threads)."""
+    P = src.shape[0]
+    N = src.shape[1] if src.ndim == 2 else 1
+    dt = np.dtype(np.int64 if out_dtype is None else out_dtype)
+    out = np.empty((N, P) if channel_major else src.shape, dtype=dt)
+    block = max(1, (1 << 16) // max(N, 1))
+    if P <= block:
+        out[...] = _requant_block(src, bias, mult, shift, zp, lo, hi, channel_major)
+        return out
+
+    def rows(p0: int) -> None:
+        r = _requant_block(src[p0 : p0 + block], bias, mult, shift, zp, lo, hi, channel_major)
+        if channel_major:
+            out[:, p0 : p0 + block] = r
+        else:
+            out[p0 : p0 + block] = r
+
+    _map(rows, list(range(0, P, block)))
+    return out
