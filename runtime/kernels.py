@@ -37,7 +37,7 @@ def im2col(src: np.ndarray, kernel, stride, pad, dilation, pad_value: int) -> np
     Wo = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
     if Ho <= 0 or Wo <= 0:
         raise ProgramError(f"im2col: kernel {kh}x{kw} does not fit the padded {H}x{W} input")
-    padded = np.pad(src, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
+    padded = np.pad(src, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value) if pt or pl or pb or pr else src
     sB, sC, sH, sW = padded.strides
     view = np.lib.stride_tricks.as_strided(
         padded,
@@ -45,7 +45,17 @@ def im2col(src: np.ndarray, kernel, stride, pad, dilation, pad_value: int) -> np
         strides=(sB, sH * sh, sW * sw, sC, sH * dh, sW * dw),
         writeable=False,
     )
-    return view.reshape(B * Ho * Wo, C * kh * kw)
+    out = np.empty((B, Ho, Wo, C, kh, kw), dtype=src.dtype)
+    # one copy, in blocks of output rows (on the worker threads)
+    rows = max(1, (1 << 20) // max(Wo * C * kh * kw * src.dtype.itemsize, 1))
+    blocks = [(b, i0, min(Ho, i0 + rows)) for b in range(B) for i0 in range(0, Ho, rows)]
+
+    def copy(blk) -> None:
+        b, i0, i1 = blk
+        out[b, i0:i1] = view[b, i0:i1]
+
+    _map(copy, blocks)
+    return out.reshape(B * Ho * Wo, C * kh * kw)
 
 
 # ---------------------------------------------------------------------------------------- mvm

@@ -41,6 +41,26 @@ def lut(src: np.ndarray, table: np.ndarray, axis: int, qmin: int) -> np.ndarray:
 
 def add(a, b, ma, mb, shift, za, zb, zp, lo, hi) -> np.ndarray:
     """clamp(rne((ma·(a−za) + mb·(b−zb)) / 2^shift) + zp, lo, hi), broadcasting."""
+    a, b = np.asarray(a), np.asarray(b)
+    if 0 <= shift <= 62 and a.dtype.kind in "iu" and b.dtype.kind in "iu" and a.dtype.itemsize <= 4 and b.dtype.itemsize <= 4:
+        # float64, exactly: every operand and product, and ma·(a−za) + mb·(b−zb), are integers
+        # below 2^53 (bounded from the operand types, not the data); scaling by 2^-shift is
+        # exact and rint rounds half to even, as rne
+        (alo, ahi), (blo, bhi) = type_range(a.dtype), type_range(b.dtype)
+        bound = abs(int(ma)) * max(abs(alo - za), abs(ahi - za)) + abs(int(mb)) * max(abs(blo - zb), abs(bhi - zb))
+        if bound < (1 << 53) and abs(int(zp)) < (1 << 52) and abs(int(lo)) < (1 << 53) and abs(int(hi)) < (1 << 53):
+            y = a.astype(np.float64)
+            y -= za
+            y *= float(ma)
+            t = b.astype(np.float64)
+            t -= zb
+            t *= float(mb)
+            y = y + t  # broadcasting
+            y *= np.ldexp(1.0, -int(shift))
+            np.rint(y, out=y)
+            y += zp
+            np.clip(y, lo, hi, out=y)
+            return y.astype(np.int64)
     ta = np.asarray(a, dtype=np.int64) - za
     tb = np.asarray(b, dtype=np.int64) - zb
     num = mul_rne_shift(ta, ma, 0) + mul_rne_shift(tb, mb, 0)
