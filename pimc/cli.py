@@ -8,7 +8,6 @@ printed as one line ``error: ...`` with the error's exit status; ``--debug`` sho
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 

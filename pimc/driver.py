@@ -118,6 +118,21 @@ class Pipeline:
         pl.run_pipeline(module, pl.parse(self.codegen, self.passes), ctx=self._ctx)
 
 
+def write_ir(module, output_path: str | None) -> None:
+    """Prints IR as text to a file, or to standard output."""
+    import sys
+
+    from xdsl.printer import Printer
+
+    if output_path:
+        with open(output_path, "w", encoding="utf-8") as f:
+            Printer(stream=f).print_op(module)
+            f.write("\n")
+    else:
+        Printer(stream=sys.stdout).print_op(module)
+        sys.stdout.write("\n")
+
+
 def emit(module, cfg: dict) -> Program:
     from pimc.backend.emit import emit_program
 

@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import onnx
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 

@@ -212,7 +212,7 @@ def mnist(tmp_path_factory):
 
 
 def test_mnist_replicated_program_runs_faster_with_the_same_outputs_and_events(mnist):
-    (bp, bout, brep), (rp, rout, rrep) = mnist["base"], mnist["rep"]
+    (_, bout, brep), (rp, rout, rrep) = mnist["base"], mnist["rep"]
     assert np.array_equal(bout, rout)
     program = read_program(rp.read_bytes(), str(rp))
     reps = {L["name"]: L["replication"] for L in rrep["layers"]}

@@ -14,18 +14,6 @@ from typing import Any
 from runtime.errors import UserError
 
 
-def _print_ir(module, output_path: str | None) -> None:
-    from xdsl.printer import Printer
-
-    if output_path:
-        with open(output_path, "w", encoding="utf-8") as f:
-            Printer(stream=f).print_op(module)
-            f.write("\n")
-    else:
-        Printer(stream=sys.stdout).print_op(module)
-        sys.stdout.write("\n")
-
-
 def print_stats(module, stream=None) -> None:
     """Crossbars, cells used and utilization per layer (``mapping_stats``) as a table, then the
     totals that have no column (chips, traffic between chips)."""
@@ -72,6 +60,7 @@ def main(
     quant: dict[str, Any],
 ) -> None:
     from pimc import driver
+    from pimc.driver import write_ir
 
     q = driver.QuantOptions.from_cli(quant)
     cfg = driver.resolve_config(config, q)
@@ -86,18 +75,18 @@ def main(
 
     module = driver.load_model(model, cfg, input_shapes)
     if emit == "nn":
-        return _print_ir(module, output_path)
+        return write_ir(module, output_path)
     driver.quantize(module, cfg, q)
     if emit == "quant":
-        return _print_ir(module, output_path)
+        return write_ir(module, output_path)
     pipe.run_mapping(module)
     if stats:  # on stderr when the IR or assembly text goes to stdout
         print_stats(module, sys.stderr if emit != "program" and not output_path else sys.stdout)
     if emit == "xbar":
-        return _print_ir(module, output_path)
+        return write_ir(module, output_path)
     pipe.run_codegen(module)
     if emit == "isa":
-        return _print_ir(module, output_path)
+        return write_ir(module, output_path)
 
     program = driver.emit(module, cfg)
     if emit == "asm":

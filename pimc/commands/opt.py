@@ -41,9 +41,8 @@ def main(
     plugins: tuple[str, ...],
     config: str | None,
 ) -> None:
-    from xdsl.printer import Printer
-
     from pimc import pipeline as pl
+    from pimc.driver import write_ir
 
     passes = pl.parse(pipeline, pl.available_passes(plugins))
     path = Path(ir_file)
@@ -60,10 +59,4 @@ def main(
 
         cfg = load_config(config)
     pl.run_pipeline(module, passes, cfg, print_ir_after_all=print_ir_after_all, ctx=ctx)
-    if output_path:
-        with open(output_path, "w", encoding="utf-8") as f:
-            Printer(stream=f).print_op(module)
-            f.write("\n")
-    else:
-        Printer(stream=sys.stdout).print_op(module)
-        sys.stdout.write("\n")
+    write_ir(module, output_path)

@@ -426,7 +426,7 @@ class Lowering:
                 f"convert-xbar-to-isa: layer {label} is not mapped to crossbars yet; run xbar-bit-slice "
                 "and xbar-tile (and xbar-place) before convert-xbar-to-isa"
             )
-        in_t, out_t = _qt(op.input, op), _qt(op.output, op)
+        in_t = _qt(op.input, op)
         k, n = op.k, op.n
         src = self.operand(op.input, op)
         if op.kind.data == "conv":
