@@ -1019,14 +1019,12 @@ def _blas_single_thread():
 def _fingerprint(program: Program) -> tuple:
     """What a prepared Machine depends on: the program's declarations and instructions (by value)
     and its constant arrays (by identity, shape and type)."""
+    import dataclasses  # noqa: PLC0415
+
+    names = [f.name for f in dataclasses.fields(program)] if dataclasses.is_dataclass(program) else [
+        "version", "config", "instrs", "xbars", "buffers", "inputs", "outputs"]
     return (
-        tuple(program.version),
-        repr(program.config),
-        repr(program.instrs),
-        repr(program.xbars),
-        repr(program.buffers),
-        repr(program.inputs),
-        repr(program.outputs),
+        tuple(repr(getattr(program, n, None)) for n in names if n != "consts"),
         tuple((c.name, id(c.array), c.array.shape, c.array.dtype.str) for c in program.consts),
     )
 
