@@ -81,8 +81,19 @@ def _child(program_path: str, input_path: str, fast: bool) -> None:
     program = load_program(program_path)
     x = np.load(input_path)
     _, report = run_program(program, {program.inputs[0].name: x}, fast_path=fast)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": peak_kib / 1024, "sim_s": report["simulation_wall_s"]}))
+    print(json.dumps({"peak_mib": _peak_rss_kib() / 1024, "sim_s": report["simulation_wall_s"]}))
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident set. ``VmHWM`` rather than ``ru_maxrss``: on Linux the latter
+    carries the parent's peak across exec, so a child would report the benchmark's own peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def bench_one(name: str, machine: str, batch: int, repeat: int, workdir: Path) -> dict:
