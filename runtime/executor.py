@@ -49,6 +49,31 @@ class InstrStats:
             self.events[k] = self.events.get(k, 0) + int(v)
 
 
+#: the events a fused mvm counts, in the column order of FusedEventsPlan's event arrays
+_FUSED_KEYS = ("crossbar_reads", "dac_activations", "dac_ones", "cell_ops", "sample_holds", "adc_conversions",
+               "shift_adds", "buffer_read_bytes", "bus_bytes", "router_flits", "chip_flits")
+
+
+@dataclass
+class FusedEventsPlan:
+    """Per crossbar of a fused group, what its mvm's events need besides the data (isa.md §3.2)."""
+
+    ks: list  # mvm instruction indices
+    xbar_ids: list
+    adc_bits: list
+    T: np.ndarray  # steps per iteration
+    rows_used: np.ndarray
+    cols: np.ndarray
+    block: np.ndarray  # row block (DAC width, row table) of each crossbar
+    n_blocks: int
+    block_gathers: list  # per DAC width: (dac, blocks, their rows concatenated, segment starts)
+    dacs: list  # distinct (dac, T)
+    chip: np.ndarray
+    tile: np.ndarray
+    place0: tuple
+    colhomes: dict
+
+
 def _need(instr: Instr, name: str, index: int) -> Any:
     try:
         return instr.fields[name]
@@ -136,7 +161,8 @@ class Machine:
         self.xbar_groups: dict[tuple[int, ...], K.XbarGroup] = {}
         self.layer_mats: dict[tuple[int, int], K.LayerMatrix | None] = {}
         self.sa_plans: dict[tuple[str, int, int], K.ShiftaddPlan] = {}
-        self.fused_events_static: dict[tuple[int, int], tuple[list, list]] = {}
+        self.fused_events_plans: dict[tuple[int, int], FusedEventsPlan] = {}
+        self.fused_pending: dict[tuple[int, int], np.ndarray] = {}  # (first mvm, bits) -> [crossbars, _FUSED_KEYS] events so far
         self.prepared: set[bool] = set()
         self.nz_tables: dict[tuple[int, int], np.ndarray] = {}
 
@@ -334,6 +360,77 @@ class Machine:
             return None
         return mv, xbs, bits, sa_ins, cdecl, odecl
 
+    def _fused_events_plan(self, first: int, bits: int) -> "FusedEventsPlan":
+        """What the events of fused group ``first`` need besides the data, per crossbar as arrays
+        (built once per program and width, at preparation when the width is declared)."""
+        key = (first, bits)
+        plan = self.fused_events_plans.get(key)
+        if plan is not None:
+            return plan
+        idx, _ = self.groups[first]
+        mv = [self.instrs[k] for k in idx]
+        xbs = [self.xbars[int(ins.fields["xbar"])] for ins in mv]
+        dacs = [int(ins.fields["dac_bits"]) for ins in mv]
+        blocks: dict[tuple[int, bytes], int] = {}  # (dac, row table) -> block: crossbars of a row block share dac_ones
+        block_rows: list[np.ndarray] = []
+        block_dac: list[int] = []
+        block = []
+        for xb, dac in zip(xbs, dacs):
+            bk = (dac, xb.row_idx.tobytes())
+            if bk not in blocks:
+                blocks[bk] = len(block_rows)
+                block_rows.append(np.asarray(xb.row_idx, dtype=np.intp))
+                block_dac.append(dac)
+            block.append(blocks[bk])
+        gathers = []
+        for dac in dict.fromkeys(block_dac):
+            sel = [b for b, d in enumerate(block_dac) if d == dac and block_rows[b].size]
+            if sel:
+                sizes = [block_rows[b].size for b in sel]
+                starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.intp)
+                gathers.append((dac, np.asarray(sel, dtype=np.intp), np.concatenate([block_rows[b] for b in sel]), starts))
+        colhomes = {}
+        for ins, xb in zip(mv, xbs):
+            psum_bytes = _ceil_div(max(((1 << bits) - 1) * xb.max_col_sum, 1).bit_length(), 8)
+            colhomes[int(ins.fields["col0"])] = (self.place[xb.id], xb.cols, psum_bytes, xb.id)
+        plan = self.fused_events_plans[key] = FusedEventsPlan(
+            ks=list(idx),
+            xbar_ids=[xb.id for xb in xbs],
+            adc_bits=[xb.adc_bits for xb in xbs],
+            T=np.array([_ceil_div(bits, d) for d in dacs], dtype=np.int64),
+            rows_used=np.array([xb.rows_used for xb in xbs], dtype=np.int64),
+            cols=np.array([xb.cols for xb in xbs], dtype=np.int64),
+            block=np.array(block, dtype=np.intp),
+            n_blocks=len(block_rows),
+            block_gathers=gathers,
+            dacs=[(d, _ceil_div(bits, d)) for d in dict.fromkeys(dacs)],
+            chip=np.array([self.place[xb.id][0] for xb in xbs], dtype=np.int64),
+            tile=np.array([self.place[xb.id][1] for xb in xbs], dtype=np.int64),
+            place0=self.place[xbs[0].id],
+            colhomes=colhomes,
+        )
+        return plan
+
+    def flush_events(self, stats: list[InstrStats]) -> None:
+        """Hand the fused groups' accumulated events to their mvm instructions' records (once per
+        run, after execution: the counting itself happened per layer in _run_fused)."""
+        for key, ev in self.fused_pending.items():
+            plan = self.fused_events_plans[key]
+            rows = ev.tolist()
+            for k, xid, adc, row in zip(plan.ks, plan.xbar_ids, plan.adc_bits, rows):
+                st = stats[k]
+                e = st.events
+                for name, v in zip(_FUSED_KEYS[:9], row):
+                    e[name] = e.get(name, 0) + v
+                if row[9]:
+                    e["router_flits"] = e.get("router_flits", 0) + row[9]
+                if row[10]:
+                    e["chip_flits"] = e.get("chip_flits", 0) + row[10]
+                st.adc_by_bits[adc] = st.adc_by_bits.get(adc, 0) + row[5]
+                st.path = "fast" if st.path in (None, "fast") else "mixed"
+                st.xbar = xid
+        self.fused_pending = {}
+
     def _layer_matrix(self, first: int, k_in: int):
         """The fused layer matrix W_eff of group ``first`` for inputs of width ``k_in`` (built once
         per program and input width, cached on the machine)."""
@@ -366,6 +463,12 @@ class Machine:
                 sdecl = self.buffers.get(self.instrs[first].fields["src"])
                 if sdecl is not None and sdecl.shape:
                     self._layer_matrix(first, int(sdecl.shape[-1]))
+                try:
+                    st = self._fused_static(first)
+                    if st is not None:
+                        self._fused_events_plan(first, st[2])
+                except (KeyError, TypeError, ValueError, ProgramError):
+                    pass  # execution reports what is wrong
         for first, sets in self.mvm_runs.items():
             for members in sets:
                 try:
@@ -418,53 +521,45 @@ class Machine:
         acc = lm.apply(src2d, bits)
         if acc is None:
             return False
-        # the events of each mvm, exactly as the instruction counts them
+        # the events of each mvm, exactly as the instruction counts them: from per-crossbar arrays
+        # prepared once (rows in use, columns, steps, row blocks), scaled by P and dac_ones
         P = src2d.shape[0]
-        self.colhomes[cols_name] = {}
+        plan = self._fused_events_plan(first, bits)
         per_dac: dict[int, np.ndarray] = {}
-        skey = (first, bits)
-        static = self.fused_events_static.get(skey)
-        if static is None:  # per crossbar, once per program: what its events need besides the data
-            tables: dict[bytes, int] = {}
-            rows: list[np.ndarray] = []
-            static = []
-            for k, ins, xb in zip(idx, mv, xbs):
-                dac = int(ins.fields["dac_bits"])
-                tk = xb.row_idx.tobytes()
-                if tk not in tables:
-                    tables[tk] = len(rows)
-                    rows.append(xb.row_idx)
-                psum_bytes = _ceil_div(max(((1 << bits) - 1) * xb.max_col_sum, 1).bit_length(), 8)
-                static.append((k, ins, xb, dac, _ceil_div(bits, dac), tables[tk], self.place[xb.id], psum_bytes, int(ins.fields["col0"])))
-            static = self.fused_events_static[skey] = (static, rows)
-        static, rows = static
-        ones: dict[tuple[int, int], int] = {}  # (dac, table) -> dac_ones: crossbars of a row block share it
-        itemsize = src2d.dtype.itemsize
-        for k, ins, xb, dac, T, ti, place, psum_bytes, col0 in static:
-            if dac not in per_dac:  # non-zero DAC digits per input element, summed over iterations
-                if dac == 1 and src2d.dtype.kind == "u":
-                    per_dac[dac] = np.bitwise_count(src2d).sum(axis=0, dtype=np.int64)  # 1-bit digits: popcount
-                else:
-                    key = (bits, dac)
-                    if key not in self.nz_tables:
-                        self.nz_tables[key] = K.digit_nonzero_table(bits, dac, T).astype(np.uint8)
-                    per_dac[dac] = np.take(self.nz_tables[key], src2d).sum(axis=0, dtype=np.int64)
-            ok = (dac, ti)
-            if ok not in ones:
-                ones[ok] = int(per_dac[dac][rows[ti]].sum())
-            ev = K.mvm_events(P, T, xb, ones[ok], itemsize)
-            if src_name in self.homes:
-                mv_ev = self._move(src_name, ev["buffer_read_bytes"], place)
-                if mv_ev:
-                    ev.update(mv_ev)
+        for dac, T in plan.dacs:  # non-zero DAC digits per input element, summed over iterations
+            if dac == 1 and src2d.dtype.kind == "u":
+                per_dac[dac] = np.bitwise_count(src2d).sum(axis=0, dtype=np.int64)  # 1-bit digits: popcount
             else:
-                self.homes[src_name] = place
-            self.colhomes[cols_name][col0] = (place, xb.cols, psum_bytes, xb.id)
-            st = stats[k]
-            st.add(ev)
-            st.adc_by_bits[xb.adc_bits] = st.adc_by_bits.get(xb.adc_bits, 0) + ev["adc_conversions"]
-            st.path = "fast" if st.path in (None, "fast") else "mixed"
-            st.xbar = xb.id
+                key = (bits, dac)
+                tab = self.nz_tables.get(key)
+                if tab is None:
+                    tab = self.nz_tables[key] = K.digit_nonzero_table(bits, dac, T).astype(np.uint8)
+                per_dac[dac] = np.take(tab, src2d).sum(axis=0, dtype=np.int64)
+        # dac_ones per (DAC width, row block): one gather and one segmented sum per DAC width
+        ones = np.zeros(plan.n_blocks, dtype=np.int64)  # (a block of no used rows: 0)
+        for dac, sel, rows_cat, starts in plan.block_gathers:
+            ones[sel] = np.add.reduceat(per_dac[dac][rows_cat], starts)
+        itemsize = src2d.dtype.itemsize
+        steps = P * plan.T
+        ev = np.empty((len(plan.ks), len(_FUSED_KEYS)), dtype=np.int64)
+        ev[:, 0] = steps
+        ev[:, 1] = steps * plan.rows_used
+        ev[:, 2] = ones[plan.block]
+        ev[:, 3] = ev[:, 1] * plan.cols
+        ev[:, 4] = ev[:, 5] = ev[:, 6] = steps * plan.cols
+        ev[:, 7] = ev[:, 8] = P * itemsize * plan.rows_used
+        home = self.homes.get(src_name)
+        if home is None:  # the host loads model inputs where they are first used
+            home = self.homes[src_name] = plan.place0
+        moved = ((plan.chip != home[0]) | (plan.tile != home[1])) & (ev[:, 7] > 0)
+        ev[:, 9] = np.where(moved, -(-(ev[:, 7] * 8) // self.flit_bits), 0)
+        ev[:, 10] = np.where(moved & (plan.chip != home[0]), ev[:, 9], 0)
+        acc_ev = self.fused_pending.get((first, bits))
+        if acc_ev is None:
+            self.fused_pending[(first, bits)] = ev
+        else:
+            acc_ev += ev
+        self.colhomes[cols_name] = dict(plan.colhomes)
         self.pc, self.instr = sa, sa_ins
         out = self.write(sa_ins.fields["dst"], acc)
         stats[sa].add(self._shiftadd_events(sa_ins, cols_name, P, DTYPES[cdecl.dtype].itemsize, out.nbytes))
@@ -969,6 +1064,7 @@ def run_program(
         if bar is not None:
             bar[0].start()
         s = 0
+        m.fused_pending = {}
         while s < B:
             n = min(chunk, B - s)
             feeds = {}
@@ -994,6 +1090,7 @@ def run_program(
         if bar is not None:
             bar[0].stop()
     wall = time.perf_counter() - t0
+    m.flush_events(stats)  # the fused layers' counters, counted per layer during the run, to their mvms' records
     outputs = {k: np.concatenate(v, axis=0) for k, v in outs.items()}
     report = build_report(program, stats, B, wall, m, fast_path=fast_path)
     report["prepare_wall_s"] = prepare_wall

@@ -194,3 +194,48 @@ def test_layer_matrix_product_is_exact(bits, Kin, N, P, seed, zeros):
     if chunks is not None:  # every chunk's worst case stays below 2^24
         for k0, k1 in chunks:
             assert k1 - k0 == 1 or ((1 << bits) - 1) * int(np.abs(W[k0:k1]).sum(axis=0).max()) < (1 << 24)
+
+
+# ------------------------------------------------------------------------------- whole runs
+
+
+def _report_key(rep: dict) -> str:
+    import json  # noqa: PLC0415
+
+    rep = {k: v for k, v in rep.items() if k not in ("simulation_wall_s", "prepare_wall_s", "simulation_images_per_s", "fast_path")}
+    return json.dumps(rep, sort_keys=True)
+
+
+def test_fused_layer_events_equal_bit_level_chunked_and_repeated(tmp_path):
+    """The fused layers' counters (counted per layer from prepared per-crossbar arrays and flushed to
+    the mvm records after the run) equal the bit-level path's, whatever the batch chunks, and a second
+    run of the same (cached) program gives the same report."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from click.testing import CliRunner  # noqa: PLC0415
+
+    from pimc.cli import main  # noqa: PLC0415
+    from runtime.container import read_program  # noqa: PLC0415
+    from runtime.executor import run_program  # noqa: PLC0415
+
+    ex = Path(__file__).resolve().parent.parent / "examples" / "mnist_cnn"
+    prog = tmp_path / "m.pimx"
+    res = CliRunner().invoke(main, ["compile", str(ex / "model.onnx"), "--calibration", str(ex / "calib.npy"), "-o", str(prog)],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    program = read_program(prog.read_bytes(), str(prog))
+    x = np.load(ex / "samples.npy")[:3]
+    feed = {program.inputs[0].name: x}
+    out_f, rep_f = run_program(program, feed)
+    assert {L["path"] for L in rep_f["layers"] if L["crossbars"]} == {"fast"}
+    out_f2, rep_f2 = run_program(program, feed)  # cached Machine, prepared plans
+    out_c, rep_c = run_program(program, feed, batch_size=1)  # three chunks accumulate
+    out_b, rep_b = run_program(program, feed, fast_path=False)
+    for out in (out_f2, out_c, out_b):
+        for k in out_f:
+            assert np.array_equal(out[k], out_f[k])
+    assert _report_key(rep_f2) == _report_key(rep_f) == _report_key(rep_c)
+    bl = [{k: v for k, v in L.items() if k != "path"} for L in rep_b["layers"]]
+    assert [{k: v for k, v in L.items() if k != "path"} for L in rep_f["layers"]] == bl
+    assert rep_f["run"]["counters"] == rep_b["run"]["counters"]
+    assert rep_f["run"]["adc_conversions_by_bits"] == rep_b["run"]["adc_conversions_by_bits"]
