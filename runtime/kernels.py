@@ -39,23 +39,36 @@ def im2col(src: np.ndarray, kernel, stride, pad, dilation, pad_value: int) -> np
         raise ProgramError(f"im2col: kernel {kh}x{kw} does not fit the padded {H}x{W} input")
     padded = np.pad(src, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value) if pt or pl or pb or pr else src
     sB, sC, sH, sW = padded.strides
+    # per image: first a [C·kh·kw, Ho·Wo] copy (long contiguous runs along the output rows), then its
+    # transpose in cache-sized blocks of iterations, both split over the worker threads
+    # (the kh·kw-element inner runs of the direct [Ho, Wo, C, kh, kw] copy are slow)
     view = np.lib.stride_tricks.as_strided(
         padded,
-        shape=(B, Ho, Wo, C, kh, kw),
-        strides=(sB, sH * sh, sW * sw, sC, sH * dh, sW * dw),
+        shape=(B, C, kh, kw, Ho, Wo),
+        strides=(sB, sC, sH * dh, sW * dw, sH * sh, sW * sw),
         writeable=False,
     )
-    out = np.empty((B, Ho, Wo, C, kh, kw), dtype=src.dtype)
-    # one copy, in blocks of output rows (on the worker threads)
-    rows = max(1, (1 << 20) // max(Wo * C * kh * kw * src.dtype.itemsize, 1))
-    blocks = [(b, i0, min(Ho, i0 + rows)) for b in range(B) for i0 in range(0, Ho, rows)]
+    CK, HW = C * kh * kw, Ho * Wo
+    out = np.empty((B * HW, CK), dtype=src.dtype)
+    tmp = np.empty((C, kh, kw, Ho, Wo), dtype=src.dtype)
+    flat = tmp.reshape(CK, HW)
+    cstep = -(-C // _workers()) if C * kh * kw * HW >= (1 << 16) else C
+    pblk = max(16, (1 << 15) // max(CK, 1))
+    nparts = _workers() if CK * HW >= (1 << 16) else 1
+    pstep = -(-(-(-HW // pblk)) // nparts) * pblk
 
-    def copy(blk) -> None:
-        b, i0, i1 = blk
-        out[b, i0:i1] = view[b, i0:i1]
+    for b in range(B):
+        def fill(c0: int, b=b) -> None:
+            tmp[c0 : c0 + cstep] = view[b, c0 : c0 + cstep]
 
-    _map(copy, blocks)
-    return out.reshape(B * Ho * Wo, C * kh * kw)
+        def transpose(p0: int, b=b) -> None:
+            for q0 in range(p0, min(HW, p0 + pstep), pblk):
+                q1 = min(HW, q0 + pblk, p0 + pstep)
+                out[b * HW + q0 : b * HW + q1] = flat[:, q0:q1].T
+
+        _map(fill, list(range(0, C, cstep)))
+        _map(transpose, list(range(0, HW, pstep)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------- mvm
