@@ -276,6 +276,20 @@ class Machine:
         self.env[name] = arr
         return arr
 
+    def _bounds(self, name: str, arr: np.ndarray) -> tuple[int, int] | None:
+        """Proven value bounds of buffer ``name`` when it still holds ``arr``."""
+        vb = self.vbounds.get(name)
+        if vb is not None and vb[0] is arr and self.env.get(name) is arr:
+            return vb[1], vb[2]
+        return None
+
+    def _check_codes(self, name: str, src: np.ndarray, src2d: np.ndarray, bits: int, what: str) -> None:
+        """K.check_codes, skipped when the buffer's proven bounds already lie in the range."""
+        b = self._bounds(name, src)
+        if b is not None and b[0] >= 0 and b[1] < (1 << bits):
+            return
+        K.check_codes(src2d, bits, what)
+
     # ------------------------------------------------------------------------------ routing
 
     def _home(self, name: str) -> tuple[int, int] | None:
@@ -298,6 +312,10 @@ class Machine:
         self.env: dict[str, np.ndarray] = {}
         self.checked: dict[tuple[str, int], np.ndarray] = {}
         self.homes: dict[str, tuple[int, int]] = {}
+        # name -> (array, lo, hi): value bounds an instruction proved for the array it wrote
+        # (requant's clamp, im2col of bounded codes, a fused product's |x|·Σ|W| bound), so later
+        # instructions skip scanning it; valid only while the buffer still holds that array
+        self.vbounds: dict[str, tuple[np.ndarray, int, int]] = {}
         self.colhomes: dict[str, dict[int, tuple[int, int, int]]] = {}  # dst -> col0 -> (place.., xbar)
         for name, arr in feeds.items():
             self.env[name] = arr
@@ -339,6 +357,7 @@ class Machine:
         self.peak_bytes = max(self.peak_bytes, live)
         for name in self.free_after.get(i, ()):
             self.env.pop(name, None)
+            self.vbounds.pop(name, None)
             for key in [k for k in self.checked if k[0] == name]:
                 del self.checked[key]
 
@@ -517,7 +536,7 @@ class Machine:
         if lm is None or lm.Wm.shape[0] != src2d.shape[1]:
             return False
         self.pc = first
-        K.check_codes(src2d, bits, f"mvm (instruction {first})")
+        self._check_codes(src_name, src, src2d, bits, f"mvm (instruction {first})")
         acc = lm.apply(src2d, bits)
         if acc is None:
             return False
@@ -562,6 +581,9 @@ class Machine:
         self.colhomes[cols_name] = dict(plan.colhomes)
         self.pc, self.instr = sa, sa_ins
         out = self.write(sa_ins.fields["dst"], acc)
+        if out is acc:  # |x @ W_eff| <= (2^bits - 1) · max_n Σ_k |W[k, n]|
+            vmax = ((1 << bits) - 1) * lm.colsum
+            self.vbounds[sa_ins.fields["dst"]] = (out, -vmax, vmax)
         stats[sa].add(self._shiftadd_events(sa_ins, cols_name, P, DTYPES[cdecl.dtype].itemsize, out.nbytes))
         return True
 
@@ -573,7 +595,11 @@ class Machine:
         dst_name = _need(ins, "dst", self.pc)
         out = K.im2col(src, _need(ins, "kernel", self.pc), _need(ins, "stride", self.pc), _need(ins, "pad", self.pc),
                        _need(ins, "dilation", self.pc), int(_need(ins, "pad_value", self.pc)))
+        pv = int(f["pad_value"])
         out = self.write(dst_name, out)
+        b = self._bounds(f["src"], src)
+        if b is not None:  # the source's codes and the pad value
+            self.vbounds[dst_name] = (out, min(b[0], pv), max(b[1], pv))
         if f["src"] in self.homes:
             self.homes[dst_name] = self.homes[f["src"]]
         return {"buffer_read_bytes": out.nbytes, "buffer_write_bytes": out.nbytes}
@@ -596,7 +622,7 @@ class Machine:
         use_fast = fast_path and lossless
         key = (src_name, bits)
         if self.checked.get(key) is not src:  # once per source array and width, not per crossbar
-            K.check_codes(src2d, bits, f"mvm on crossbar {xid} (instruction {self.pc})")
+            self._check_codes(src_name, src, src2d, bits, f"mvm on crossbar {xid} (instruction {self.pc})")
             self.checked[key] = src
         return xb, src2d, bits, dac_bits, use_fast
 
@@ -620,6 +646,7 @@ class Machine:
             dst = np.zeros((P, ccol), dtype=DTYPES[decl.dtype])
             self.env[dst_name] = dst
             self.colhomes[dst_name] = {}
+        self.vbounds.pop(dst_name, None)  # written in place
         if not written:  # (a grouped mvm wrote int64 results in place, see _run_mvm_run)
             lo, hi = D.type_range(dst.dtype)
             if res.size and (res.min() < lo or res.max() > hi):
@@ -697,6 +724,7 @@ class Machine:
                         dst = np.zeros((src2d.shape[0], decl.shape[1]), dtype=np.int64)
                         self.env[dst_name] = dst
                         self.colhomes[dst_name] = {}
+                    self.vbounds.pop(dst_name, None)  # written in place
                     view = dst[:, c0 : c0 + int(g.offsets[-1])]
                 res, dac_ones = K.mvm_group(src2d, g, bits, dac_bits, out=view)
                 T = _ceil_div(bits, dac_bits)
@@ -788,7 +816,9 @@ class Machine:
         if lo < tlo or hi > thi:
             raise ProgramError(f"instruction {n} (requant) clamps to [{lo}, {hi}], beyond the range of buffer {dst_name!r} ({decl.dtype})")
         # results lie in [lo, hi], within the buffer type: written narrow (less to move)
-        y = K.requant(src, bias, mult, shift, int(_need(ins, "zp", n)), lo, hi, channel_major=cm, out_dtype=DTYPES[decl.dtype])
+        sb = self._bounds(ins.fields["src"], src)
+        y = K.requant(src, bias, mult, shift, int(_need(ins, "zp", n)), lo, hi, channel_major=cm, out_dtype=DTYPES[decl.dtype],
+                      src_bound=None if sb is None else max(-sb[0], sb[1]))
         if layout == "nchw":
             Ho, Wo = (int(v) for v in _need(ins, "out_hw", n))
             if Ho * Wo <= 0 or src.shape[0] % (Ho * Wo):
@@ -805,6 +835,7 @@ class Machine:
         else:
             raise ProgramError(f"instruction {n} (requant): layout must be nchw or flat, got {layout!r}")
         out = self.write(dst_name, np.ascontiguousarray(y), bounds=(int(ins.fields["lo"]), int(ins.fields["hi"])))
+        self.vbounds[dst_name] = (out, lo, hi)  # clamped
         self._inherit(dst_name, [ins.fields["src"]])
         return {"digital_ops": out.size, "buffer_read_bytes": src.nbytes, "buffer_write_bytes": out.nbytes}
 

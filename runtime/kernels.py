@@ -740,11 +740,14 @@ class LayerMatrix:
 # ------------------------------------------------------------------------------------ requant
 
 
-def _requant_block(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int, channel_major: bool = False) -> np.ndarray:
+def _requant_block(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int, channel_major: bool = False,
+                   src_bound: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """clamp(rne((src + bias)·mult / 2^shift) + zp, lo, hi) per column n (isa.md §3.4).
 
     ``channel_major``: return the result as [N, P] (C order), computed that way, so the
-    per-channel constants broadcast along long rows (much faster when N is small)."""
+    per-channel constants broadcast along long rows (much faster when N is small).
+    ``src_bound``: a proven bound on |src| (skips scanning the sums when it suffices).
+    ``out``: written there (the float64 path casts straight to its type) and returned."""
     bias = np.asarray(bias, dtype=np.int64)
     mult = np.asarray(mult, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
@@ -753,8 +756,14 @@ def _requant_block(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int
         mult, shift = mult.reshape(-1, 1), shift.reshape(-1, 1)
     else:
         acc = np.add(src, bias, dtype=np.int64)
-    amax = max(abs(int(acc.max())), abs(int(acc.min()))) if acc.size else 0
     mmax = int(np.abs(mult).max()) if mult.size else 0
+    amax = None
+    if src_bound is not None and acc.size:  # |src + bias| <= src_bound + max |bias|
+        amax = int(src_bound) + (int(np.abs(bias).max()) if bias.size else 0)
+        if not amax * mmax < (1 << 53):
+            amax = None
+    if amax is None:
+        amax = max(abs(int(acc.max())), abs(int(acc.min()))) if acc.size else 0
     if shift.size and int(shift.max()) <= 62 and int(shift.min()) >= 0 and amax * mmax < (1 << 53) and lo >= -(1 << 53) and hi < (1 << 53):
         # float64, exactly: (src + bias)·mult is an integer below 2^53, so multiplying by the
         # exact constant mult·2^-shift gives (src + bias)·mult / 2^shift without rounding, and
@@ -765,6 +774,9 @@ def _requant_block(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int
         np.rint(y, out=y)
         y += zp
         np.clip(y, lo, hi, out=y)
+        if out is not None:  # integers in [lo, hi], within out's type: the cast is exact
+            np.copyto(out, y, casting="unsafe")
+            return out
         return y.astype(np.int64)
     if shift.size and int(shift.min()) >= 1 and amax * mmax + (1 << int(shift.max())) < (1 << 62):
         acc *= mult  # in place: the common case, every product and rounding offset within int64
@@ -775,7 +787,7 @@ def _requant_block(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int
 
 
 def requant(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int, channel_major: bool = False,
-            out_dtype=None) -> np.ndarray:
+            out_dtype=None, src_bound: int | None = None) -> np.ndarray:
     """clamp(rne((src + bias)·mult / 2^shift) + zp, lo, hi) per column n (isa.md §3.4).
 
     ``channel_major``: return the result as [N, P] (C order), computed that way, so the
@@ -788,15 +800,16 @@ def requant(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int, chann
     out = np.empty((N, P) if channel_major else src.shape, dtype=dt)
     block = max(1, (1 << 16) // max(N, 1))
     if P <= block:
-        out[...] = _requant_block(src, bias, mult, shift, zp, lo, hi, channel_major)
+        r = _requant_block(src, bias, mult, shift, zp, lo, hi, channel_major, src_bound, out)
+        if r is not out:
+            out[...] = r
         return out
 
     def rows(p0: int) -> None:
-        r = _requant_block(src[p0 : p0 + block], bias, mult, shift, zp, lo, hi, channel_major)
-        if channel_major:
-            out[:, p0 : p0 + block] = r
-        else:
-            out[p0 : p0 + block] = r
+        o = out[:, p0 : p0 + block] if channel_major else out[p0 : p0 + block]
+        r = _requant_block(src[p0 : p0 + block], bias, mult, shift, zp, lo, hi, channel_major, src_bound, o)
+        if r is not o:
+            o[...] = r
 
     _map(rows, list(range(0, P, block)))
     return out
