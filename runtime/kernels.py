@@ -751,6 +751,30 @@ def _requant_block(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int
     bias = np.asarray(bias, dtype=np.int64)
     mult = np.asarray(mult, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
+    if src_bound is not None and src.size and shift.size and int(shift.max()) <= 62 and int(shift.min()) >= 0 \
+            and lo >= -(1 << 53) and hi < (1 << 53):
+        bmax = int(src_bound) + (int(np.abs(bias).max()) if bias.size else 0)  # >= |src + bias|
+        mmax = int(np.abs(mult).max()) if mult.size else 0
+        if bmax < (1 << 53) and bmax * mmax < (1 << 53):
+            # as the float64 path below, without the int64 sums: src and bias are integers whose
+            # sum lies below 2^53, so the float64 addition is exact
+            if channel_major:
+                y = np.empty(src.shape[::-1], dtype=np.float64)
+                np.copyto(y, src.T)
+                y += bias.reshape(-1, 1).astype(np.float64)
+                scale = np.ldexp(mult.reshape(-1, 1).astype(np.float64), -shift.reshape(-1, 1))
+            else:
+                y = src.astype(np.float64)
+                y += bias.astype(np.float64)
+                scale = np.ldexp(mult.astype(np.float64), -shift)
+            y *= scale
+            np.rint(y, out=y)
+            y += zp
+            np.clip(y, lo, hi, out=y)
+            if out is not None:
+                np.copyto(out, y, casting="unsafe")
+                return out
+            return y.astype(np.int64)
     if channel_major:
         acc = np.add(src.T, bias.reshape(-1, 1), dtype=np.int64, order="C")
         mult, shift = mult.reshape(-1, 1), shift.reshape(-1, 1)

@@ -268,3 +268,31 @@ def test_im2col_equals_reference(B, C, H, k, s, p, d, seed):
     got = K.im2col(src, *args)
     want = _ref_im2col(src, *args)
     assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+@SETTINGS
+@given(st.integers(1, 300), st.integers(1, 20), st.integers(0, 2**31), st.booleans(), st.sampled_from([None, np.uint8, np.int8, np.int16]))
+def test_requant_with_a_proven_bound_equals_requant_without(P, N, seed, cm, out_dtype):
+    """kernels.requant given a bound on |src| (float64 without int64 sums) against the scanned path
+    and against spec/isa.md §3.4 in Python integers."""
+    rng = np.random.default_rng(seed)
+    vmax = int(rng.choice([100, 1 << 20, 1 << 40]))
+    src = rng.integers(-vmax, vmax + 1, (P, N)).astype(np.int64)
+    bias = rng.integers(-1000, 1000, N).astype(np.int64)
+    mult = rng.integers(1, 1 << 15, N).astype(np.int64)
+    shift = rng.integers(0, 40, N).astype(np.int64)
+    lo, hi = (0, 255) if out_dtype in (None, np.uint8) else (-128, 127) if out_dtype is np.int8 else (-30000, 30000)
+    zp = int(rng.integers(lo, hi + 1))
+    a = K.requant(src, bias, mult, shift, zp, lo, hi, channel_major=cm, out_dtype=out_dtype)
+    b = K.requant(src, bias, mult, shift, zp, lo, hi, channel_major=cm, out_dtype=out_dtype, src_bound=vmax)
+    assert a.dtype == b.dtype and np.array_equal(a, b)
+    v = (src.astype(object) + bias.astype(object)) * mult.astype(object)
+    want = np.empty(v.shape, dtype=object)
+    for idx in np.ndindex(v.shape):
+        q, r = divmod(int(v[idx]), 1 << int(shift[idx[1]]))
+        half = 1 << int(shift[idx[1]]) >> 1
+        if shift[idx[1]] and (r > half or (r == half and q & 1)):
+            q += 1
+        want[idx] = min(max(q + zp, lo), hi)
+    got = b.T if cm else b
+    assert (got.astype(object) == want).all()
