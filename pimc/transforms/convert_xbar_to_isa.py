@@ -79,6 +79,11 @@ def op_label(op: Operation, index: int) -> str:
     return f"{op.name.split('.')[-1]}{index}"
 
 
+def _output_fields(t: QuantType) -> dict[str, int]:
+    """The output zero point and code range every digital instruction clamps to."""
+    return {"zp": t.zero_point.data, "lo": t.qmin, "hi": t.qmax}
+
+
 def _qt(value: SSAValue, what: Operation) -> QuantType:
     t = nn.element_of(value)
     if not isinstance(t, QuantType):
@@ -238,44 +243,28 @@ class Lowering:
         dst = self.value_buffer(op.output, label)
         self.emit(isa.LutOp, dst=dst, src=src, table=self.const(f"{label}.table", table), axis=1)
 
-    def add(self, op: nn.AddOp | nn.SubOp, label: str) -> None:
-        a, b = self.operand(op.lhs, op), self.operand(op.rhs, op)
+    def _binary(self, op: nn.BinaryOp, label: str) -> tuple[dict, QuantType, QuantType, QuantType]:
+        """The fields add and mul share: destination, operands, their zero points, output range."""
         ta, tb, ty = _qt(op.lhs, op), _qt(op.rhs, op), _qt(op.output, op)
+        fields = {
+            "a": self.operand(op.lhs, op),
+            "b": self.operand(op.rhs, op),
+            "za": ta.zero_point.data,
+            "zb": tb.zero_point.data,
+            **_output_fields(ty),
+        }
+        fields["dst"] = self.value_buffer(op.output, label)
+        return fields, ta, tb, ty
+
+    def add(self, op: nn.AddOp | nn.SubOp, label: str) -> None:
+        fields, ta, tb, ty = self._binary(op, label)
         ma, mb, shift = intmath.add_params(ta.scale.data, tb.scale.data, ty.scale.data, isinstance(op, nn.SubOp))
-        dst = self.value_buffer(op.output, label)
-        self.emit(
-            isa.AddOp,
-            dst=dst,
-            a=a,
-            b=b,
-            ma=ma,
-            mb=mb,
-            shift=shift,
-            za=ta.zero_point.data,
-            zb=tb.zero_point.data,
-            zp=ty.zero_point.data,
-            lo=ty.qmin,
-            hi=ty.qmax,
-        )
+        self.emit(isa.AddOp, ma=ma, mb=mb, shift=shift, **fields)
 
     def mul(self, op: nn.MulOp, label: str) -> None:
-        a, b = self.operand(op.lhs, op), self.operand(op.rhs, op)
-        ta, tb, ty = _qt(op.lhs, op), _qt(op.rhs, op), _qt(op.output, op)
+        fields, ta, tb, ty = self._binary(op, label)
         m, shift = intmath.mul_params(ta.scale.data, tb.scale.data, ty.scale.data)
-        dst = self.value_buffer(op.output, label)
-        self.emit(
-            isa.MulOp,
-            dst=dst,
-            a=a,
-            b=b,
-            m=m,
-            shift=shift,
-            za=ta.zero_point.data,
-            zb=tb.zero_point.data,
-            zp=ty.zero_point.data,
-            lo=ty.qmin,
-            hi=ty.qmax,
-        )
+        self.emit(isa.MulOp, m=m, shift=shift, **fields)
 
     def rescale(self, op: nn.RequantizeOp, label: str) -> None:
         ti, to = _qt(op.input, op), _qt(op.output, op)
@@ -289,9 +278,7 @@ class Lowering:
             m=m,
             shift=shift,
             zin=ti.zero_point.data,
-            zp=to.zero_point.data,
-            lo=to.qmin,
-            hi=to.qmax,
+            **_output_fields(to),
         )
 
     def maxpool(self, op: nn.MaxPoolOp, label: str) -> None:
@@ -335,9 +322,7 @@ class Lowering:
             zin=ti.zero_point.data,
             m=m,
             shift=shift,
-            zp=to.zero_point.data,
-            lo=to.qmin,
-            hi=to.qmax,
+            **_output_fields(to),
         )
 
     def concat(self, op: nn.ConcatOp, label: str) -> None:
