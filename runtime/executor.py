@@ -292,9 +292,6 @@ class Machine:
 
     # ------------------------------------------------------------------------------ routing
 
-    def _home(self, name: str) -> tuple[int, int] | None:
-        return self.homes.get(name)
-
     def _move(self, name: str, nbytes: int, to: tuple[int, int] | None) -> dict[str, int]:
         """Router traffic of ``nbytes`` of buffer ``name`` consumed at place ``to``."""
         src = self.homes.get(name)
