@@ -303,6 +303,25 @@ def _onnx_pads(pads: tuple[int, ...]) -> list[int]:
     return [int(p) for p in pads]
 
 
+def _expose_codes(exporter: _Exporter, model: onnx.ModelProto, skip_constants: bool) -> dict[SSAValue, str]:
+    """Append every quantized value's codes (not already a graph output; constants skipped when
+    ``skip_constants``) to ``model``'s graph outputs; returns ``{value: output name}``."""
+    outputs = {o.name for o in model.graph.output}
+    exposed = {}
+    for value, name in exporter.names.items():
+        qt = nn.element_of(value) if hasattr(value.type, "element_type") else None
+        if not isinstance(qt, QuantType) or name in outputs:
+            continue
+        if skip_constants and isinstance(value.owner, nn.ConstantOp):
+            continue
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(_Exporter.storage(qt)))
+        shape = ["N"] + [int(d) for d in nn.shape_of(value)[1:]]
+        model.graph.output.append(helper.make_tensor_value_info(name, elem, shape))
+        outputs.add(name)
+        exposed[value] = name
+    return exposed
+
+
 def export_qdq_isolated(module_q: ModuleOp) -> tuple[onnx.ModelProto, dict[SSAValue, str], dict[SSAValue, str]]:
     """A QDQ model in which every op is evaluated on its own: each quantized operand is a graph
     input (to be fed with the integer reference's codes) and each op's output codes are a graph
@@ -312,16 +331,7 @@ def export_qdq_isolated(module_q: ModuleOp) -> tuple[onnx.ModelProto, dict[SSAVa
     exporter = _Exporter(main_func(module_q))
     exporter.isolate = True
     model = exporter.run()
-    outputs = {o.name for o in model.graph.output}
-    exposed = {}
-    for value, name in exporter.names.items():
-        qt = nn.element_of(value) if hasattr(value.type, "element_type") else None
-        if isinstance(qt, QuantType) and name not in outputs and not isinstance(value.owner, nn.ConstantOp):
-            elem = helper.np_dtype_to_tensor_dtype(np.dtype(_Exporter.storage(qt)))
-            shape = ["N"] + [int(d) for d in nn.shape_of(value)[1:]]
-            model.graph.output.append(helper.make_tensor_value_info(name, elem, shape))
-            outputs.add(name)
-            exposed[value] = name
+    exposed = _expose_codes(exporter, model, skip_constants=True)
     onnx.checker.check_model(model)
     return model, exposed, dict(exporter.fed)
 
@@ -338,16 +348,7 @@ def export_qdq(
     exporter = _Exporter(main_func(module_q))
     model = exporter.run()
     if expose_codes:
-        exposed = {}
-        outputs = {o.name for o in model.graph.output}
-        for value, name in exporter.names.items():
-            qt = nn.element_of(value) if hasattr(value.type, "element_type") else None
-            if isinstance(qt, QuantType) and name not in outputs:
-                elem = helper.np_dtype_to_tensor_dtype(np.dtype(_Exporter.storage(qt)))
-                shape = ["N"] + [int(d) for d in nn.shape_of(value)[1:]]
-                model.graph.output.append(helper.make_tensor_value_info(name, elem, shape))
-                outputs.add(name)
-                exposed[value] = name
+        exposed = _expose_codes(exporter, model, skip_constants=False)
         onnx.checker.check_model(model)
         return model, exposed
     if float_model_path is not None:
