@@ -171,16 +171,8 @@ class Machine:
         sets of crossbars that share a row table (a layer's row block): on the bit-level path
         each set runs as one grouped product (``kernels.mvm_group``)."""
         runs: dict[int, list[list[int]]] = {}
-        ins, n, i = self.instrs, len(self.instrs), 0
-        keys = ("src", "dst", "bits", "dac_bits")
-        while i < n:
-            if ins[i].opcode != "mvm":
-                i += 1
-                continue
-            f0 = ins[i].fields
-            j = i
-            while j < n and ins[j].opcode == "mvm" and all(ins[j].fields.get(k) == f0.get(k) for k in keys):
-                j += 1
+        ins = self.instrs
+        for i, j in self._mvm_spans(("src", "dst", "bits", "dac_bits")):
             sets: dict[bytes, list[int]] = {}
             for k in range(i, j):
                 xid = ins[k].fields.get("xbar")
@@ -189,8 +181,23 @@ class Machine:
                     continue
                 sets.setdefault(xb.row_idx.tobytes(), []).append(k)
             runs[i] = list(sets.values())
-            i = j
         return runs
+
+    def _mvm_spans(self, keys: tuple[str, ...]) -> list[tuple[int, int]]:
+        """``(start, end)`` of each maximal run of consecutive mvms whose fields ``keys`` agree."""
+        spans: list[tuple[int, int]] = []
+        ins, n, i = self.instrs, len(self.instrs), 0
+        while i < n:
+            if ins[i].opcode != "mvm":
+                i += 1
+                continue
+            f0 = ins[i].fields
+            j = i
+            while j < n and ins[j].opcode == "mvm" and all(ins[j].fields.get(k) == f0.get(k) for k in keys):
+                j += 1
+            spans.append((i, j))
+            i = j
+        return spans
 
     def _group_of(self, members: list[int]) -> K.XbarGroup:
         key = tuple(members)
@@ -203,22 +210,15 @@ class Machine:
         """Runs of mvms (same source, destination and width) whose column results only the next
         shiftadd reads: on the fast path they run as one exact product (isa.md §6)."""
         groups: dict[int, tuple[list[int], int]] = {}
-        ins, n, i = self.instrs, len(self.instrs), 0
-        while i < n:
-            if ins[i].opcode != "mvm":
-                i += 1
-                continue
+        ins, n = self.instrs, len(self.instrs)
+        for i, j in self._mvm_spans(("src", "dst", "bits")):
             f0 = ins[i].fields
-            j = i
-            while j < n and ins[j].opcode == "mvm" and all(ins[j].fields[k] == f0[k] for k in ("src", "dst", "bits")):
-                j += 1
             if j < n and ins[j].opcode == "shiftadd" and ins[j].fields["src"] == f0["dst"] and last.get(f0["dst"]) == j:
                 spans = sorted((int(ins[k].fields["col0"]), self.xbars[int(ins[k].fields["xbar"])].cols) for k in range(i, j)
                                if int(ins[k].fields["xbar"]) in self.xbars)
                 disjoint = len(spans) == j - i and all(a0 + w <= b0 for (a0, w), (b0, _) in zip(spans, spans[1:]))
                 if disjoint:
                     groups[i] = (list(range(i, j)), j)
-            i = j
         return groups
 
     # ------------------------------------------------------------------------------ storage
