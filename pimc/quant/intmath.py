@@ -82,12 +82,6 @@ def quantize_multiplier(
     return m.astype(np.int64), shift.astype(np.int64)
 
 
-def bits_for(value: int | np.ndarray) -> int:
-    """The number of bits b with |v| < 2^b for every v (0 for all-zero)."""
-    v = int(np.max(np.abs(np.asarray(value, dtype=np.int64)))) if np.size(value) else 0
-    return v.bit_length()
-
-
 def layer_multiplier_bits(worst_abs: int) -> int:
     """Multiplier width for a matrix layer whose |acc + bias| is below ``worst_abs``.
 
