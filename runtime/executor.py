@@ -85,6 +85,12 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _psum_bytes(bits: int, xb) -> int:
+    """Width of one column result of crossbar ``xb`` at input width ``bits``: what a partial sum
+    needs, for the router (shiftadd)."""
+    return _ceil_div(max(((1 << bits) - 1) * xb.max_col_sum, 1).bit_length(), 8)
+
+
 class Machine:
     """A program prepared for execution: declarations indexed and checked once, then run per chunk."""
 
@@ -407,8 +413,7 @@ class Machine:
                 gathers.append((dac, np.asarray(sel, dtype=np.intp), np.concatenate([block_rows[b] for b in sel]), starts))
         colhomes = {}
         for ins, xb in zip(mv, xbs):
-            psum_bytes = _ceil_div(max(((1 << bits) - 1) * xb.max_col_sum, 1).bit_length(), 8)
-            colhomes[int(ins.fields["col0"])] = (self.place[xb.id], xb.cols, psum_bytes, xb.id)
+            colhomes[int(ins.fields["col0"])] = (self.place[xb.id], xb.cols, _psum_bytes(bits, xb), xb.id)
         plan = self.fused_events_plans[key] = FusedEventsPlan(
             ks=list(idx),
             xbar_ids=[xb.id for xb in xbs],
@@ -653,9 +658,7 @@ class Machine:
         events.update(self._move(src_name, events["buffer_read_bytes"], place))
         if src_name not in self.homes:
             self.homes[src_name] = place  # the host loads model inputs where they are first used
-        # width of one column result: what a partial sum needs, for the router (shiftadd)
-        psum_bytes = _ceil_div(max(((1 << bits) - 1) * xb.max_col_sum, 1).bit_length(), 8)
-        self.colhomes[dst_name][col0] = (place, xb.cols, psum_bytes, xid)
+        self.colhomes[dst_name][col0] = (place, xb.cols, _psum_bytes(bits, xb), xid)
         T = _ceil_div(bits, dac_bits)
         return events, {"adc": {xb.adc_bits: events["adc_conversions"]}, "path": "fast" if use_fast else "bit-level", "xbar": xid, "steps": T}
 
