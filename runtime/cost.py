@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from runtime import energy as E
+from runtime.arch import read_cycle_s
 
 #: every counter the report carries (all of them appear, 0 when nothing counted them)
 EVENTS = (
@@ -39,10 +40,9 @@ NO_LAYER = "(no layer)"
 
 
 def step_seconds(cfg: dict, cols: int) -> float:
-    """One crossbar read cycle: max(read time, columns converted / (ADCs per crossbar · ADC rate))."""
-    read = cfg["crossbar"]["read_ns"] * 1e-9
-    adc = cols / (cfg["adc"]["per_crossbar"] * cfg["adc"]["rate_gsps"] * 1e9)
-    return max(read, adc)
+    """One crossbar read cycle: max(read time, columns converted / (ADCs per crossbar · ADC rate)),
+    the same figure ``arch-report`` uses (``runtime.arch.read_cycle_s``)."""
+    return read_cycle_s(cfg, cols)
 
 
 def digital_seconds(cfg: dict, elements: int) -> float:
