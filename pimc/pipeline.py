@@ -216,16 +216,11 @@ def make_context(extra_dialects: Iterable[Any] = ()) -> Context:
 
     from pimc.dialects.isa import ISA
     from pimc.dialects.nn import NN
+    from pimc.dialects.xbar import XBAR
 
     ctx = Context()
-    for d in (Builtin, Func, Arith, NN, ISA, *extra_dialects):
+    for d in (Builtin, Func, Arith, NN, ISA, *extra_dialects, XBAR):
         ctx.load_dialect(d)
-    try:
-        from pimc.dialects.xbar import XBAR  # type: ignore[attr-defined]
-    except ImportError:
-        XBAR = None
-    if XBAR is not None:
-        ctx.load_dialect(XBAR)
     return ctx
 
 
