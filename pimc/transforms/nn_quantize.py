@@ -54,12 +54,9 @@ def bits_from_config(module: ModuleOp) -> tuple[int | None, int | None]:
     """(weight_bits, act_bits) of the module's ``pimc.hw`` configuration, if it has one."""
     if "pimc.hw" not in module.attributes:
         return None, None
-    try:
-        from pimc.hw import config_of
-    except ImportError:  # the hardware package is not there yet: plain defaults
-        return None, None
-    cfg = config_of(module)
-    return _bits_of_cfg(cfg)
+    from pimc.hw import config_of
+
+    return _bits_of_cfg(config_of(module))
 
 
 def _bits_of_cfg(cfg: dict | None) -> tuple[int | None, int | None]:
