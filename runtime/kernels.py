@@ -339,7 +339,6 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
             if d:
                 keep[o0 : o0 + w] = ~((1 << d) - 1)
                 any_drop = True
-    atype = itype
     assert F + T * dac_bits <= 63
     fmask = itype((1 << F) - 1)
     block = max(1, GROUP_BLOCK_ELEMS // max(C, 1))
@@ -356,7 +355,7 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
         cl = cells[:, c0:c1]
         st = sat if not isinstance(sat, np.ndarray) else sat[c0:c1]
         kp = keep if not isinstance(keep, np.ndarray) else keep[c0:c1]
-        acc = np.zeros((x.shape[0], c1 - c0), dtype=atype)
+        acc = np.zeros((x.shape[0], c1 - c0), dtype=itype)
         ones = 0
         for pk, pw in zip(packs, pack_w):  # per pack of bit-steps
             inp = np.zeros(x.shape, dtype=ftype)
@@ -372,11 +371,10 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
             f = np.empty_like(S)
             last = len(pk) - 1
             for j, k in enumerate(pk):
-                if j == last and j:
-                    np.right_shift(S, F * j, out=f)  # the top field needs no mask
-                elif j:
+                if j:
                     np.right_shift(S, F * j, out=f)
-                    np.bitwise_and(f, fmask, out=f)
+                    if j != last:  # the top field needs no mask
+                        np.bitwise_and(f, fmask, out=f)
                 elif last:
                     np.bitwise_and(S, fmask, out=f)
                 else:
