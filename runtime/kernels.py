@@ -146,10 +146,15 @@ def check_codes(src2d: np.ndarray, bits: int, what: str) -> None:
             raise ProgramError(f"{what}: input codes span [{lo}, {hi}], outside the unsigned {bits}-bit range")
 
 
-def _gather(src2d: np.ndarray, xb: XbarInfo, bits: int) -> np.ndarray:
+def _check_row_idx(src2d: np.ndarray, xid: int, row_idx: np.ndarray) -> None:
+    """A row table must not refer past the input vector."""
+    if row_idx.size and int(row_idx.max()) >= src2d.shape[1]:
+        raise ProgramError(f"crossbar {xid}: row table refers to input element {int(row_idx.max())}, but the input vector has {src2d.shape[1]}")
+
+
+def _gather(src2d: np.ndarray, xb: XbarInfo) -> np.ndarray:
     """The input vectors seen by the crossbar's used rows: [P, rows_used] codes."""
-    if xb.rows_used and int(xb.row_idx.max()) >= src2d.shape[1]:
-        raise ProgramError(f"crossbar {xb.id}: row table refers to input element {int(xb.row_idx.max())}, but the input vector has {src2d.shape[1]}")
+    _check_row_idx(src2d, xb.id, xb.row_idx)
     return src2d[:, xb.row_idx]
 
 
@@ -198,7 +203,7 @@ def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, f
     P = src2d.shape[0]
     T = -(-bits // dac_bits)
     mask = (1 << dac_bits) - 1
-    x = _gather(src2d, xb, bits)
+    x = _gather(src2d, xb)
     plane_bound = mask * xb.max_col_sum  # largest column sum of one read
     assert plane_bound < (1 << 53)
     if fast:
@@ -320,8 +325,7 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
     if not g.rows_used or not P:
         out[...] = 0
         return out, 0
-    if int(g.row_idx.max()) >= src2d.shape[1]:
-        raise ProgramError(f"crossbar {g.xbs[0].id}: row table refers to input element {int(g.row_idx.max())}, but the input vector has {src2d.shape[1]}")
+    _check_row_idx(src2d, g.xbs[0].id, g.row_idx)
     plane_bound = mask * g.max_col_sum
     F, J, ftype, itype = _pack_params(g.max_col_sum, bits, dac_bits)
     cells = g.cells_as(ftype)
