@@ -489,7 +489,6 @@ class ShiftaddPlan:
         out, shift, sign, flip, unit = parse_colmap(colmap, n_out, ncols)
         w = sign * (np.int64(1) << shift)
         flipped = flip > 0
-        live = out != -2
         coef = np.where(flipped, -w, w)
         direct = np.nonzero(out >= 0)[0]
         order = direct[np.argsort(out[direct], kind="stable")]
@@ -517,8 +516,6 @@ class ShiftaddPlan:
         self.E = np.zeros((self.units.size, n_out), dtype=np.int64)
         np.add.at(self.E, (uidx, out[fd]), flip[fd] * w[fd])
         self.n_out = n_out
-        self.ncols = ncols
-        self.active = int(live.sum())
         # Σ |coefficients| reaching one output: the exactness bound per unit of |src|
         per_out = np.abs(self.cf).sum(axis=1) + np.abs(self.E).sum(axis=0)
         self.coef_bound = (int(per_out.max()) if per_out.size else 0) + int(np.abs(self.bvec).sum())
