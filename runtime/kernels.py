@@ -637,7 +637,6 @@ class LayerMatrix:
         self.Wm = Wm
         absw = np.abs(Wm).astype(np.float64)
         self.colsum = int(absw.sum(axis=0).max()) if Wm.size else 0
-        self._abscum = None
         self._absw = absw
         self.plans: dict[int, list[tuple[int, int]] | None] = {}
         self.f32: np.ndarray | None = None
@@ -645,7 +644,7 @@ class LayerMatrix:
         # a mostly-zero W_eff (grouped and depthwise convs: block diagonal) is applied as a
         # gather-and-sum over each output's non-zero rows (padded to L), not as a dense product
         self.ell: tuple[np.ndarray, np.ndarray] | None = None
-        K_, N_ = Wm.shape
+        K_ = Wm.shape[0]
         if Wm.size:
             nz = Wm != 0
             L = int(nz.sum(axis=0).max())
