@@ -350,36 +350,32 @@ class Lowering:
         src = self.operand(op.input, op)
         self.emit(isa.PadOp, dst=self.value_buffer(op.output, label), src=src, pads=nn.ints(op.pads), value=code)
 
-    def softmax(self, op: nn.SoftmaxOp, label: str) -> None:
+    def _float_unary(self, op: nn.SoftmaxOp | nn.LrnOp, label: str) -> dict:
+        """The fields softmax and lrn share: source, destination, input and output scale and zero point."""
         ti, to = _qt(op.input, op), _qt(op.output, op)
-        axis = op.axis.value.data % len(shape_of(op.input))
         src = self.operand(op.input, op)
-        self.emit(
-            isa.SoftmaxOp,
-            dst=self.value_buffer(op.output, label),
-            src=src,
-            axis=axis,
-            in_scale=ti.scale.data,
-            in_zp=ti.zero_point.data,
-            out_scale=to.scale.data,
-            out_zp=to.zero_point.data,
-        )
+        return {
+            "dst": self.value_buffer(op.output, label),
+            "src": src,
+            "in_scale": ti.scale.data,
+            "in_zp": ti.zero_point.data,
+            "out_scale": to.scale.data,
+            "out_zp": to.zero_point.data,
+        }
+
+    def softmax(self, op: nn.SoftmaxOp, label: str) -> None:
+        fields = self._float_unary(op, label)
+        self.emit(isa.SoftmaxOp, axis=op.axis.value.data % len(shape_of(op.input)), **fields)
 
     def lrn(self, op: nn.LrnOp, label: str) -> None:
-        ti, to = _qt(op.input, op), _qt(op.output, op)
-        src = self.operand(op.input, op)
+        fields = self._float_unary(op, label)
         self.emit(
             isa.LrnOp,
-            dst=self.value_buffer(op.output, label),
-            src=src,
             size=op.size.value.data,
             alpha=op.alpha.value.data,
             beta=op.beta.value.data,
             bias=op.bias.value.data,
-            in_scale=ti.scale.data,
-            in_zp=ti.zero_point.data,
-            out_scale=to.scale.data,
-            out_zp=to.zero_point.data,
+            **fields,
         )
 
     def div(self, op: nn.DivOp, label: str) -> None:
