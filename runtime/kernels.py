@@ -738,6 +738,19 @@ class LayerMatrix:
 # ------------------------------------------------------------------------------------ requant
 
 
+def _requant_float_tail(y: np.ndarray, scale, zp: int, lo: int, hi: int, out: np.ndarray | None) -> np.ndarray:
+    """The float64 paths' end: y·scale rounded half to even (``rint``), plus zp, clamped to
+    [lo, hi], into ``out`` (integers in [lo, hi], within out's type: the cast is exact) or int64."""
+    y *= scale
+    np.rint(y, out=y)
+    y += zp
+    np.clip(y, lo, hi, out=y)
+    if out is not None:
+        np.copyto(out, y, casting="unsafe")
+        return out
+    return y.astype(np.int64)
+
+
 def _requant_block(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int, channel_major: bool = False,
                    src_bound: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """clamp(rne((src + bias)·mult / 2^shift) + zp, lo, hi) per column n (isa.md §3.4).
@@ -765,14 +778,7 @@ def _requant_block(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int
                 y = src.astype(np.float64)
                 y += bias.astype(np.float64)
                 scale = np.ldexp(mult.astype(np.float64), -shift)
-            y *= scale
-            np.rint(y, out=y)
-            y += zp
-            np.clip(y, lo, hi, out=y)
-            if out is not None:
-                np.copyto(out, y, casting="unsafe")
-                return out
-            return y.astype(np.int64)
+            return _requant_float_tail(y, scale, zp, lo, hi, out)
     if channel_major:
         acc = np.add(src.T, bias.reshape(-1, 1), dtype=np.int64, order="C")
         mult, shift = mult.reshape(-1, 1), shift.reshape(-1, 1)
@@ -792,14 +798,7 @@ def _requant_block(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int
         # rint rounds half to even, as rne
         scale = np.ldexp(mult.astype(np.float64), -shift)
         y = acc.astype(np.float64)
-        y *= scale
-        np.rint(y, out=y)
-        y += zp
-        np.clip(y, lo, hi, out=y)
-        if out is not None:  # integers in [lo, hi], within out's type: the cast is exact
-            np.copyto(out, y, casting="unsafe")
-            return out
-        return y.astype(np.int64)
+        return _requant_float_tail(y, scale, zp, lo, hi, out)
     if shift.size and int(shift.min()) >= 1 and amax * mmax + (1 << int(shift.max())) < (1 << 62):
         acc *= mult  # in place: the common case, every product and rounding offset within int64
         rne_shift_inplace(acc, shift)
