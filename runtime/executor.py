@@ -595,9 +595,9 @@ class Machine:
         f = ins.fields
         src = self.read(_need(ins, "src", self.pc))
         dst_name = _need(ins, "dst", self.pc)
+        pv = int(_need(ins, "pad_value", self.pc))
         out = K.im2col(src, _need(ins, "kernel", self.pc), _need(ins, "stride", self.pc), _need(ins, "pad", self.pc),
-                       _need(ins, "dilation", self.pc), int(_need(ins, "pad_value", self.pc)))
-        pv = int(f["pad_value"])
+                       _need(ins, "dilation", self.pc), pv)
         out = self.write(dst_name, out)
         b = self._bounds(f["src"], src)
         if b is not None:  # the source's codes and the pad value
