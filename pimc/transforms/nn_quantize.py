@@ -309,19 +309,12 @@ class _Quantizer:
             return self._add(new, op)
         if isinstance(op, nn.DivOp):
             return self.div(op)
-        if isinstance(op, SAME_PARAM_OPS):
+        if isinstance(op, SAME_PARAM_OPS + (nn.AvgPoolOp, nn.GlobalAvgPoolOp) + FLOAT_UNIT_OPS):
             x = self.operand(op.input, op)
+            qt = nn.element_of(x) if isinstance(op, SAME_PARAM_OPS) else self.qtype_of(op)
             new = type(op).create(
                 operands=[x],
-                result_types=[self.qtensor(shape_of(op.output), nn.element_of(x))],
-                properties=dict(op.properties),
-            )
-            return self._add(new, op)
-        if isinstance(op, (nn.AvgPoolOp, nn.GlobalAvgPoolOp) + FLOAT_UNIT_OPS):
-            x = self.operand(op.input, op)
-            new = type(op).create(
-                operands=[x],
-                result_types=[self.qtensor(shape_of(op.output), self.qtype_of(op))],
+                result_types=[self.qtensor(shape_of(op.output), qt)],
                 properties=dict(op.properties),
             )
             return self._add(new, op)
