@@ -81,6 +81,10 @@ def _need(instr: Instr, name: str, index: int) -> Any:
         raise ProgramError(f"instruction {index} ({instr.opcode}) has no field {name!r}") from None
 
 
+#: the fields the mvms of one run (``Machine.mvm_runs``) share
+_RUN_KEYS = ("src", "dst", "bits", "dac_bits")
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -164,6 +168,7 @@ class Machine:
         self.peak_bytes = 0
         self.groups = self._fusable_groups(last)
         self.mvm_runs = self._mvm_runs()
+        self.mvm_run_end = dict(self._mvm_spans(_RUN_KEYS))  # first mvm of a run -> the index after it
         self.xbar_groups: dict[tuple[int, ...], K.XbarGroup] = {}
         self.layer_mats: dict[tuple[int, int], K.LayerMatrix | None] = {}
         self.sa_plans: dict[tuple[str, int, int], K.ShiftaddPlan] = {}
@@ -178,7 +183,7 @@ class Machine:
         each set runs as one grouped product (``kernels.mvm_group``)."""
         runs: dict[int, list[list[int]]] = {}
         ins = self.instrs
-        for i, j in self._mvm_spans(("src", "dst", "bits", "dac_bits")):
+        for i, j in self._mvm_spans(_RUN_KEYS):
             sets: dict[bytes, list[int]] = {}
             for k in range(i, j):
                 xid = ins[k].fields.get("xbar")
@@ -676,12 +681,7 @@ class Machine:
         grouped product; the others one by one. Returns the index after the run."""
         sets = self.mvm_runs[first]
         grouped = {k: s for s in sets for k in s}
-        f0 = self.instrs[first].fields
-        end = first
-        while end < len(self.instrs) and self.instrs[end].opcode == "mvm" and all(
-            self.instrs[end].fields.get(k) == f0.get(k) for k in ("src", "dst", "bits", "dac_bits")
-        ):
-            end += 1
+        end = self.mvm_run_end[first]
         done: set[int] = set()
         for k in range(first, end):
             if k in done:
