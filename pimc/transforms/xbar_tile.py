@@ -135,17 +135,18 @@ def tile_layer(layer: LayerOp, rows: int, cols: int, adc_bits: int, adc_mode: st
             slab = cells[r0:r1, all_cols]  # (a gather copies)
         cmap = smap[all_cols].copy()
         bounds = np.cumsum([0] + [len(sp.cols) for sp in block_specs])
-        # drop crossbars that contribute nothing: all cells zero and no column with a correction term
-        nonzero = slab.any(axis=0)
-        keep = [
-            i for i in range(len(block_specs))
-            if all_zero or nonzero[bounds[i] : bounds[i + 1]].any() or np.any(cmap[bounds[i] : bounds[i + 1], FLIP] > 0)
-        ]
         unit_cols = all_cols == unit_stored
         if flip:  # decided per column over this row block's rows
             if not unit_cols.any():
                 raise PipelineError(f"xbar-tile: layer '{layer.layer_name}': flip needs a unit column in every row block")
             flip_columns(slab, cmap, c, unit_cols)
+        # drop crossbars that contribute nothing: all cells zero and no column with a correction term
+        # (decided after flipping, which can turn a column of full cells with a correction into zeros)
+        nonzero = slab.any(axis=0)
+        keep = [
+            i for i in range(len(block_specs))
+            if all_zero or nonzero[bounds[i] : bounds[i + 1]].any() or np.any(cmap[bounds[i] : bounds[i + 1], FLIP] > 0)
+        ]
         # layer columns of the kept crossbars, and where this row block's unit column lands
         col0s, unit_at = {}, None
         for i in keep:
