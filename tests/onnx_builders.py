@@ -187,3 +187,26 @@ def logits_name(model: onnx.ModelProto) -> str | None:
 def runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     inits = {i.name for i in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in inits]
+
+
+EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "mnist_cnn"
+
+
+def quantize_example_with_onnxruntime(directory: Path, fmt: str = "QDQ") -> Path:
+    """The MNIST example quantized by onnxruntime's own static quantizer (``fmt`` QDQ or
+    QOperator; per-channel int8 weights, uint8 activations, 16 calibration images)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    cal = np.load(EXAMPLE_DIR / "calib.npy")[:16].astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": cal[i : i + 1]} for i in range(len(cal))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = Path(directory) / f"mnist_{fmt}.onnx"
+    quantize_static(EXAMPLE_DIR / "model.onnx", out, Reader(), quant_format=getattr(QuantFormat, fmt),
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    return out

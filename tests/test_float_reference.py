@@ -474,21 +474,10 @@ def test_contrib_qoperator_ops(tmp_path):
 @pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
 def test_onnxruntime_static_quantizer_output(tmp_path, fmt):
     """The MNIST example quantized by onnxruntime's own static quantizer imports and runs."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnx_builders import EXAMPLE_DIR as root
+    from onnx_builders import quantize_example_with_onnxruntime
 
-    root = Path(__file__).resolve().parents[1] / "examples" / "mnist_cnn"
-    cal = np.load(root / "calib.npy")[:16].astype(np.float32)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"input": cal[i : i + 1]} for i in range(len(cal))])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    out = tmp_path / f"mnist_{fmt}.onnx"
-    quantize_static(root / "model.onnx", out, Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    out = quantize_example_with_onnxruntime(tmp_path, fmt)
     x = np.load(root / "samples.npy")[:32].astype(np.float32)
     _, ours, theirs = float_vs_ort(out, {"input": x})
     got, want = list(ours.values())[0], theirs[0]

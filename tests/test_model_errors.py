@@ -178,25 +178,10 @@ def test_several_inputs_and_outputs_use_npz(tmp_path):
 def test_int_reference_of_a_qdq_model_needs_no_calibration(tmp_path):
     """A model quantized by onnxruntime's static quantizer: --int adopts its scales and zero
     points (no --calibration), and agrees with onnxruntime's own run of the QDQ model."""
-    from pathlib import Path
+    from onnx_builders import EXAMPLE_DIR as root
+    from onnx_builders import ort_run, quantize_example_with_onnxruntime
 
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    from onnx_builders import ort_run
-
-    root = Path(__file__).resolve().parents[1] / "examples" / "mnist_cnn"
-    cal = np.load(root / "calib.npy")[:16].astype(np.float32)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"input": cal[i : i + 1]} for i in range(len(cal))])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    qdq = tmp_path / "mnist_qdq.onnx"
-    quantize_static(root / "model.onnx", qdq, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    qdq = quantize_example_with_onnxruntime(tmp_path, "QDQ")
     x = np.load(root / "samples.npy")[:32].astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     proc = pimc("reference", qdq, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy", "--int")
