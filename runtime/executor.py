@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime import kernels as K
+from runtime import kernels_conv as KC
 from runtime import kernels_digital as D
 from runtime import hwconfig
 from runtime.errors import ConfigError, ProgramError, RunInputError
@@ -166,7 +167,11 @@ class Machine:
             if name not in keep:
                 self.free_after.setdefault(i, []).append(name)
         self.peak_bytes = 0
+        # what all buffers of one image take together: a bound on an image's live memory
+        self.bytes_per_image = sum(int(np.prod(b.shape[1:])) * DTYPES[b.dtype].itemsize for b in self.buffers.values() if b.shape[0] == -1)
         self.groups = self._fusable_groups(last)
+        self.conv_chains = self._conv_chains(last, keep)
+        self.conv_plans: dict[tuple[int, int, int], KC.ConvPlan | None] = {}
         self.mvm_runs = self._mvm_runs()
         self.mvm_run_end = dict(self._mvm_spans(_RUN_KEYS))  # first mvm of a run -> the index after it
         self.xbar_groups: dict[tuple[int, ...], K.XbarGroup] = {}
@@ -176,6 +181,24 @@ class Machine:
         self.fused_pending: dict[tuple[int, int], np.ndarray] = {}  # (first mvm, bits) -> [crossbars, _FUSED_KEYS] events so far
         self.prepared: set[bool] = set()
         self.nz_tables: dict[tuple[int, int], np.ndarray] = {}
+
+    def _conv_chains(self, last: dict[str, int], keep: set[str]) -> dict[int, tuple[int, int, int]]:
+        """``im2col -> fused mvm group -> shiftadd -> requant (nchw)`` chains whose intermediate
+        buffers nothing else reads: on the fast path each runs as one channel-major layer
+        (``kernels_conv``). im2col index -> (first mvm, shiftadd, requant)."""
+        chains: dict[int, tuple[int, int, int]] = {}
+        ins, n = self.instrs, len(self.instrs)
+        for first, (idx, sa) in self.groups.items():
+            i, r = first - 1, sa + 1
+            if i < 0 or r >= n or ins[i].opcode != "im2col" or ins[r].opcode != "requant":
+                continue
+            cols, sums = ins[i].fields.get("dst"), ins[sa].fields.get("dst")
+            if (cols != ins[first].fields.get("src") or last.get(cols) != idx[-1] or cols in keep
+                    or ins[r].fields.get("src") != sums or last.get(sums) != r or sums in keep
+                    or ins[r].fields.get("layout") != "nchw" or ins[first].fields.get("dst") in keep):
+                continue
+            chains[i] = (first, sa, r)
+        return chains
 
     def _mvm_runs(self) -> dict[int, list[list[int]]]:
         """Runs of consecutive mvms (same source, destination, width and DAC width) split into the
@@ -333,6 +356,12 @@ class Machine:
             self.pc, self.instr = i, ins
             if ins.opcode == "halt":
                 break
+            if fast_path and i in self.conv_chains and self._run_conv(i, stats):
+                last = self.conv_chains[i][2]
+                for k in range(i, last + 1):
+                    self._after(k)
+                i = last + 1
+                continue
             if fast_path and i in self.groups and self._run_fused(i, stats):
                 last = self.groups[i][1]
                 self._after(last)
@@ -495,6 +524,13 @@ class Machine:
                         self._fused_events_plan(first, st[2])
                 except (KeyError, TypeError, ValueError, ProgramError):
                     pass  # execution reports what is wrong
+            for i in self.conv_chains:
+                sdecl = self.buffers.get(self.instrs[i].fields["src"])
+                if sdecl is not None and len(sdecl.shape) == 4:
+                    try:
+                        self._conv_plan(i, int(sdecl.shape[1]))
+                    except (KeyError, TypeError, ValueError, ProgramError):
+                        pass  # execution reports what is wrong
         for first, sets in self.mvm_runs.items():
             for members in sets:
                 try:
@@ -525,6 +561,120 @@ class Machine:
                 continue
         self.prepared.add(fast_path)
 
+    def _nz_table(self, bits: int, dac: int, dtype: np.dtype) -> np.ndarray | None:
+        """Non-zero DAC digits per code value (uint8), or None where a popcount gives them (1-bit digits)."""
+        if dac == 1 and dtype.kind == "u":
+            return None
+        key = (bits, dac)
+        tab = self.nz_tables.get(key)
+        if tab is None:
+            tab = self.nz_tables[key] = K.digit_nonzero_table(bits, dac, _ceil_div(bits, dac)).astype(np.uint8)
+        return tab
+
+    def _fused_mvm_events(self, first: int, bits: int, P: int, per_dac: dict[int, np.ndarray], itemsize: int,
+                          src_name: str, cols_name: str) -> None:
+        """The events of fused group ``first``'s mvms over P iterations, exactly as the instructions
+        count them: from per-crossbar arrays prepared once (rows in use, columns, steps, row blocks),
+        scaled by P, and ``per_dac`` (DAC width -> non-zero digits per input element, summed over
+        the iterations). Accumulated per group; flush_events hands them to the instructions."""
+        plan = self._fused_events_plan(first, bits)
+        # dac_ones per (DAC width, row block): one gather and one segmented sum per DAC width
+        ones = np.zeros(plan.n_blocks, dtype=np.int64)  # (a block of no used rows: 0)
+        for dac, sel, rows_cat, starts in plan.block_gathers:
+            ones[sel] = np.add.reduceat(per_dac[dac][rows_cat], starts)
+        steps = P * plan.T
+        ev = np.empty((len(plan.ks), len(_FUSED_KEYS)), dtype=np.int64)
+        ev[:, 0] = steps
+        ev[:, 1] = steps * plan.rows_used
+        ev[:, 2] = ones[plan.block]
+        ev[:, 3] = ev[:, 1] * plan.cols
+        ev[:, 4] = ev[:, 5] = ev[:, 6] = steps * plan.cols
+        ev[:, 7] = ev[:, 8] = P * itemsize * plan.rows_used
+        home = self.homes.get(src_name)
+        if home is None:  # the host loads model inputs where they are first used
+            home = self.homes[src_name] = plan.place0
+        moved = ((plan.chip != home[0]) | (plan.tile != home[1])) & (ev[:, 7] > 0)
+        ev[:, 9] = np.where(moved, -(-(ev[:, 7] * 8) // self.flit_bits), 0)
+        ev[:, 10] = np.where(moved & (plan.chip != home[0]), ev[:, 9], 0)
+        acc_ev = self.fused_pending.get((first, bits))
+        if acc_ev is None:
+            self.fused_pending[(first, bits)] = ev
+        else:
+            acc_ev += ev
+        self.colhomes[cols_name] = dict(plan.colhomes)
+
+    def _conv_plan(self, i: int, C: int) -> KC.ConvPlan | None:
+        """The exact plan of conv chain ``i`` for inputs of C channels (built once, cached), or None."""
+        first, _sa, r = self.conv_chains[i]
+        st = self._fused_static(first)
+        bits = None if st is None else st[2]
+        key = (i, C, bits)
+        if key in self.conv_plans:
+            return self.conv_plans[key]
+        plan = None
+        im, rq = self.instrs[i].fields, self.instrs[r].fields
+        kh, kw = (int(k) for k in im["kernel"])
+        lm = None if st is None else self._layer_matrix(first, C * kh * kw)
+        consts = [self.consts.get(rq[k]) for k in ("bias", "mult", "shift")]
+        N = st[5].shape[1] if st is not None else 0
+        if lm is not None and lm.Wm.shape == (C * kh * kw, N) and all(
+                c is not None and np.asarray(c).size in (1, N) for c in consts):
+            plan = KC.plan_conv(lm, bits, im["kernel"], im["stride"], im["pad"], im["dilation"], int(im["pad_value"]), C,
+                                *consts, int(rq["zp"]), int(rq["lo"]), int(rq["hi"]))
+        self.conv_plans[key] = plan
+        return plan
+
+    def _run_conv(self, i: int, stats: list[InstrStats]) -> bool:
+        """A lossless conv layer's im2col, mvms, shiftadd and requant as one channel-major exact
+        computation (``kernels_conv``), with the events the instructions would count. False
+        (nothing done) when it does not apply; then they run as usual (and report any error)."""
+        first, sa, r = self.conv_chains[i]
+        im, sa_ins, rq = self.instrs[i], self.instrs[sa], self.instrs[r]
+        src_name, cols_name = im.fields["src"], im.fields["dst"]
+        colres_name, sums_name, out_name = self.instrs[first].fields["dst"], sa_ins.fields["dst"], rq.fields["dst"]
+        src = self.env.get(src_name)
+        if src is None or colres_name in self.env or src.ndim != 4 or src.dtype.kind != "u":
+            return False
+        st = self._fused_static(first)
+        if st is None:
+            return False
+        bits, cdecl, sdecl = st[2], st[4], st[5]
+        plan = self._conv_plan(i, src.shape[1])
+        xdecl, odecl = self.buffers.get(cols_name), self.buffers.get(out_name)
+        if plan is None or xdecl is None or odecl is None or len(xdecl.shape) != 2:
+            return False
+        B, C, H, W = src.shape
+        Ho, Wo = KC.out_hw(plan, H, W)
+        if Ho <= 0 or Wo <= 0 or [int(v) for v in rq.fields["out_hw"]] != [Ho, Wo] or xdecl.shape[1] != C * plan.kernel[0] * plan.kernel[1]:
+            return False
+        # every code the crossbars see (the source's and the pad value) must be a valid input of
+        # the columns' type and width; requant's clamp must fit its destination
+        b = self._bounds(src_name, src)
+        lo, hi = b if b is not None else ((int(src.min()), int(src.max())) if src.size else (0, 0))
+        lo, hi = min(lo, plan.pad_value), max(hi, plan.pad_value)
+        xlo, xhi = D.type_range(DTYPES[xdecl.dtype])
+        olo, ohi = D.type_range(DTYPES[odecl.dtype])
+        if lo < max(0, xlo) or hi > xhi or hi >= (1 << bits) or plan.lo < olo or plan.hi > ohi:
+            return False
+        self.pc, self.instr = r, rq
+        out = KC.run_conv(src, plan, DTYPES[odecl.dtype])
+        out = self.write(out_name, out, bounds=(plan.lo, plan.hi))
+        self.vbounds[out_name] = (out, plan.lo, plan.hi)
+        # the events, as each instruction counts them
+        P, Kc = B * Ho * Wo, xdecl.shape[1]
+        xbytes = P * Kc * DTYPES[xdecl.dtype].itemsize
+        stats[i].add({"buffer_read_bytes": xbytes, "buffer_write_bytes": xbytes})
+        if src_name in self.homes:
+            self.homes[cols_name] = self.homes[src_name]
+        per_dac = {dac: KC.ones_per_column(src, plan, self._nz_table(bits, dac, src.dtype))
+                   for dac, _T in self._fused_events_plan(first, bits).dacs}
+        self._fused_mvm_events(first, bits, P, per_dac, DTYPES[xdecl.dtype].itemsize, cols_name, colres_name)
+        sbytes = P * sdecl.shape[1] * DTYPES[sdecl.dtype].itemsize
+        stats[sa].add(self._shiftadd_events(sa_ins, colres_name, P, DTYPES[cdecl.dtype].itemsize, sbytes))
+        stats[r].add({"digital_ops": out.size, "buffer_read_bytes": sbytes, "buffer_write_bytes": out.nbytes})
+        self._inherit(out_name, [sums_name])
+        return True
+
     def _run_fused(self, first: int, stats: list[InstrStats]) -> bool:
         """A lossless layer's mvms and shiftadd as one exact product x @ W_eff, with the events the
         instructions would count. False (nothing done) when it does not apply; then they run one by one."""
@@ -547,45 +697,12 @@ class Machine:
         acc = lm.apply(src2d, bits)
         if acc is None:
             return False
-        # the events of each mvm, exactly as the instruction counts them: from per-crossbar arrays
-        # prepared once (rows in use, columns, steps, row blocks), scaled by P and dac_ones
         P = src2d.shape[0]
-        plan = self._fused_events_plan(first, bits)
         per_dac: dict[int, np.ndarray] = {}
-        for dac, T in plan.dacs:  # non-zero DAC digits per input element, summed over iterations
-            if dac == 1 and src2d.dtype.kind == "u":
-                per_dac[dac] = np.bitwise_count(src2d).sum(axis=0, dtype=np.int64)  # 1-bit digits: popcount
-            else:
-                key = (bits, dac)
-                tab = self.nz_tables.get(key)
-                if tab is None:
-                    tab = self.nz_tables[key] = K.digit_nonzero_table(bits, dac, T).astype(np.uint8)
-                per_dac[dac] = np.take(tab, src2d).sum(axis=0, dtype=np.int64)
-        # dac_ones per (DAC width, row block): one gather and one segmented sum per DAC width
-        ones = np.zeros(plan.n_blocks, dtype=np.int64)  # (a block of no used rows: 0)
-        for dac, sel, rows_cat, starts in plan.block_gathers:
-            ones[sel] = np.add.reduceat(per_dac[dac][rows_cat], starts)
-        itemsize = src2d.dtype.itemsize
-        steps = P * plan.T
-        ev = np.empty((len(plan.ks), len(_FUSED_KEYS)), dtype=np.int64)
-        ev[:, 0] = steps
-        ev[:, 1] = steps * plan.rows_used
-        ev[:, 2] = ones[plan.block]
-        ev[:, 3] = ev[:, 1] * plan.cols
-        ev[:, 4] = ev[:, 5] = ev[:, 6] = steps * plan.cols
-        ev[:, 7] = ev[:, 8] = P * itemsize * plan.rows_used
-        home = self.homes.get(src_name)
-        if home is None:  # the host loads model inputs where they are first used
-            home = self.homes[src_name] = plan.place0
-        moved = ((plan.chip != home[0]) | (plan.tile != home[1])) & (ev[:, 7] > 0)
-        ev[:, 9] = np.where(moved, -(-(ev[:, 7] * 8) // self.flit_bits), 0)
-        ev[:, 10] = np.where(moved & (plan.chip != home[0]), ev[:, 9], 0)
-        acc_ev = self.fused_pending.get((first, bits))
-        if acc_ev is None:
-            self.fused_pending[(first, bits)] = ev
-        else:
-            acc_ev += ev
-        self.colhomes[cols_name] = dict(plan.colhomes)
+        for dac, _T in self._fused_events_plan(first, bits).dacs:  # non-zero DAC digits per input element, summed over iterations
+            tab = self._nz_table(bits, dac, src2d.dtype)
+            per_dac[dac] = (np.bitwise_count(src2d) if tab is None else np.take(tab, src2d)).sum(axis=0, dtype=np.int64)
+        self._fused_mvm_events(first, bits, P, per_dac, src2d.dtype.itemsize, src_name, cols_name)
         self.pc, self.instr = sa, sa_ins
         out = self.write(sa_ins.fields["dst"], acc)
         if out is acc:  # |x @ W_eff| <= (2^bits - 1) · max_n Σ_k |W[k, n]|
@@ -1087,7 +1204,10 @@ def run_program(
     act_bits = m.cfg["precision"]["act_bits"]
     # without a batch size, one image runs first to measure the memory an image needs, then
     # chunks are sized to stay within MEMORY_BUDGET bytes
-    chunk = 1 if batch_size is None else min(B, int(batch_size))
+    if batch_size is not None:
+        chunk = min(B, int(batch_size))
+    else:  # the whole batch at once when even every buffer live together fits the budget
+        chunk = B if B * m.bytes_per_image * 3 <= MEMORY_BUDGET else 1
     bar = _progress(B) if progress and B > 1 else None
     t0 = time.perf_counter()
     limits = _blas_single_thread()
@@ -1110,7 +1230,7 @@ def run_program(
                 q = m.env[p.buf]
                 outs[p.name].append((float(p.scale) * (q.astype(np.float64) - p.zp)).astype(np.float32))
             m.env = {}
-            if batch_size is None and s == 0:
+            if batch_size is None and s == 0 and chunk < B:
                 chunk = int(max(1, min(B, MEMORY_BUDGET // max(m.peak_bytes * 3, 1))))
             s += n
             if bar is not None:
@@ -1128,6 +1248,9 @@ def run_program(
     return outputs, report
 
 
+_BLAS_CONTROLLER: list = []  # the threadpoolctl controller, found once (finding the libraries is slow)
+
+
 def _blas_single_thread():
     """Limit BLAS to one thread for the run (restored after it), when threadpoolctl is installed:
     the kernels' BLAS calls are many and small, and a multi-threaded BLAS sharing cores with
@@ -1135,12 +1258,12 @@ def _blas_single_thread():
     if K.WORKERS <= 1:
         return None
     try:
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415
-    except ImportError:
-        return None
-    try:
-        return threadpool_limits(limits=1, user_api="blas")
-    except Exception:  # noqa: BLE001 - an unusual BLAS setup: run as is
+        if not _BLAS_CONTROLLER:
+            from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+
+            _BLAS_CONTROLLER.append(ThreadpoolController())
+        return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
+    except Exception:  # noqa: BLE001 - no threadpoolctl, or an unusual BLAS setup: run as is
         return None
 
 
