@@ -275,10 +275,11 @@ class XbarGroup:
         self.cells = np.concatenate([xb.cells for xb in xbs], axis=1) if xbs else np.zeros((0, 0), np.int64)
         self.max_col_sum = max(xb.max_col_sum for xb in xbs)
         self._f: dict[str, np.ndarray] = {}
+        self._bp: dict[tuple[int, int], _BytePlan | None] = {}
 
     def prepare(self, bits: int, dac_bits: int) -> None:
         """Build the float cells the grouped product of these widths uses."""
-        if bits >= 1 and dac_bits >= 1:
+        if bits >= 1 and dac_bits >= 1 and self.byte_plan(bits, dac_bits) is None:
             self.cells_as(_pack_params(self.max_col_sum, bits, dac_bits)[2])
 
     def cells_as(self, dtype) -> np.ndarray:
@@ -286,6 +287,14 @@ class XbarGroup:
         if key not in self._f:
             self._f[key] = self.cells.astype(dtype)
         return self._f[key]
+
+    def byte_plan(self, bits: int, dac_bits: int) -> _BytePlan | None:
+        """The byte-packed product's plan for these widths (built once), or None when one read's
+        column sum can reach 2^8 or the shift-and-added results 2^16 (see ``_mvm_group_bytes``)."""
+        key = (bits, dac_bits)
+        if key not in self._bp:
+            self._bp[key] = _byte_plan(self, bits, dac_bits)
+        return self._bp[key]
 
 
 def _pack_params(max_col_sum: int, bits: int, dac_bits: int):
@@ -303,6 +312,160 @@ def _pack_params(max_col_sum: int, bits: int, dac_bits: int):
     # packed sums < 2^(F·J), shifted fields and their total < 2^(F + T·v): int32 when both fit
     itype = np.int32 if max(F * J, F + T * dac_bits) <= 31 else np.int64
     return F, J, ftype, itype
+
+
+#: words (three packed column sums each, all bit-steps) of one block of the byte-packed bit-level mvm
+BYTE_BLOCK_WORDS = 1 << 16
+
+
+@dataclass
+class _BytePlan:
+    """A crossbar group's byte-packed bit-level product (``_mvm_group_bytes``), built once."""
+
+    words: int  # Wp = ⌈C/3⌉: word w packs columns w, Wp + w and 2·Wp + w
+    cells: np.ndarray  # [R, Wp] float32 Σ_j 2^(8j)·X[r, j·Wp + w]
+    thr: np.ndarray | None  # [4·Wp] uint8 saturation threshold per byte (None: no column saturates)
+    keep: np.ndarray | None  # [4·Wp] uint8 kept-bit mask per byte (None: no column drops bits)
+    m: int  # bit-steps combined in one byte before the shift-and-add unpacks it
+    full: dict  # (p, w0, w1) -> block-shaped thr / keep arrays (integer min is vectorized only array-array)
+
+
+def _byte_plan(g: XbarGroup, bits: int, dac_bits: int) -> _BytePlan | None:
+    """Plan of the byte-packed product, or None if one read's column sum can reach 2^8 (it would not
+    fit its byte) or a shift-and-added column result 65281 (its 16-bit lane, and the sum
+    col + 2^8·col' + 2^16·col'' of three below 2^32)."""
+    if bits < 1 or dac_bits < 1 or not g.rows_used:
+        return None
+    T = -(-bits // dac_bits)
+    mask = (1 << dac_bits) - 1
+    if mask * g.max_col_sum > 255:
+        return None
+    C = int(g.offsets[-1])
+    Wp = max(1, -(-C // 3))
+    thr = np.zeros((4, Wp), dtype=np.uint8)  # byte j of word w: column j·Wp + w (byte 3 is always 0)
+    keep = np.zeros((4, Wp), dtype=np.uint8)
+    tcol = thr[:3].reshape(-1)
+    kcol = keep[:3].reshape(-1)
+    tcol[:] = 255
+    kcol[:] = 255
+    any_sat = any_drop = False
+    tmax = 0  # largest ADC output of any column
+    for xb, o0, w in zip(g.xbs, g.offsets[:-1], g.widths):  # per crossbar
+        raw = mask * xb.max_col_sum  # its largest column sum of one read (< 2^8)
+        if xb.adc_mode == "saturate":
+            top = (1 << xb.adc_bits) - 1
+            if top < raw:
+                tcol[o0 : o0 + w] = top
+                any_sat = True
+            tmax = max(tmax, min(top, raw))
+        else:
+            d = xb.drop_bits(dac_bits)
+            k = ~((1 << d) - 1) & 0xFF
+            if k != 0xFF:
+                kcol[o0 : o0 + w] = k
+                any_drop = True
+            tmax = max(tmax, raw & k)
+    if tmax * ((1 << (T * dac_bits)) - 1) * 0x10101 >= (1 << 32):  # the Horner words stay below 2^32
+        return None
+    m = 1
+    while m < T and tmax * ((1 << ((m + 1) * dac_bits)) - 1) <= 255:
+        m += 1
+    cp = np.zeros((g.rows_used, 3 * Wp), dtype=np.float32)
+    cp[:, :C] = g.cells
+    packed = cp[:, :Wp] + 256 * cp[:, Wp : 2 * Wp] + 65536 * cp[:, 2 * Wp :]  # exact: < 2^24
+    return _BytePlan(Wp, np.ascontiguousarray(packed), np.ascontiguousarray(thr.T).reshape(-1) if any_sat else None,
+                     np.ascontiguousarray(keep.T).reshape(-1) if any_drop else None, m, {})
+
+
+def _block_full(plan: _BytePlan, p: int, w0: int, w1: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    key = (p, w0, w1)
+    got = plan.full.get(key)
+    if got is None:
+        def tile(a):
+            return None if a is None else np.ascontiguousarray(np.broadcast_to(a[4 * w0 : 4 * w1], (p, 4 * (w1 - w0))))
+        got = plan.full[key] = (tile(plan.thr), tile(plan.keep))
+    return got
+
+
+def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int, dac_bits: int, out: np.ndarray) -> int:
+    """``mvm_group`` when one read's column sum is below 2^8: three columns share a float32 word
+    (bytes 0, 1, 2 of the exact integer), so a single float32 product [T·p, R] @ [R, ⌈C/3⌉] yields
+    every step's column sums; the ADC is one byte-wise minimum (saturate) or mask (drop-lsb); m
+    steps are shift-added inside the bytes while their sum fits (ADC maximum · (2^(m·v) − 1) < 2^8),
+    then each word is split into two words of 16-bit lanes (bytes 0 and 2, byte 1) that take the
+    rest of the shift-and-add (column results < 2^16). Returns dac_ones."""
+    P = src2d.shape[0]
+    T = -(-bits // dac_bits)
+    v = dac_bits
+    mask = (1 << v) - 1
+    C = int(g.offsets[-1])
+    Wp = plan.words
+    small = src2d.dtype if src2d.dtype.kind == "u" else np.dtype(np.int64)
+    shifts = (np.arange(T - 1, -1, -1) * v).astype(small)[:, None, None]  # most significant step first
+    # steps in groups of m from the least significant end: the top group holds the remainder
+    sizes = [T - (T // plan.m) * plan.m] if T % plan.m else []
+    sizes += [plan.m] * (T // plan.m)
+    lanes = np.uint32(0x00FF00FF)
+
+    def unit(p0: int, p1: int, w0: int, w1: int) -> int:
+        p, Wq = p1 - p0, w1 - w0
+        x = src2d[p0:p1, g.row_idx].astype(small, copy=False)  # [p, R]
+        d = (x[None] >> shifts) & small.type(mask)  # [T, p, R]
+        ones = int(np.count_nonzero(d)) if w0 == 0 else 0
+        cl = plan.cells[:, w0:w1]
+        S = d.reshape(T * p, -1).astype(np.float32) @ cl  # exact: three sums < 2^8 per word
+        W = np.empty((T, p, Wq), dtype=np.int32)  # (float32 -> int32 is the fast conversion)
+        np.copyto(W.reshape(T * p, Wq), S, casting="unsafe")
+        W = W.view(np.uint32)
+        B = W.view(np.uint8)  # [T, p, 4·Wq]
+        thr, keep = _block_full(plan, p, w0, w1)
+        if thr is not None:
+            np.minimum(B, thr, out=B)
+        if keep is not None:
+            np.bitwise_and(B, keep, out=B)
+        # Horner over the groups of steps, most significant first, on two accumulators: the words
+        # themselves (accQ = col(w) + 2^8·col(Wp + w) + 2^16·col(2·Wp + w), overlapping but exact
+        # below 2^32) and their bytes 0 and 2 in 16-bit lanes (accE); col(Wp + w) = (accQ − accE) / 2^8
+        accQ = accE = None
+        tmp = np.empty((p, Wq), dtype=np.uint32)
+        i = 0
+        for n in sizes:
+            Q = W[i]
+            for j in range(1, n):  # the group's steps inside the bytes: no carry leaves a byte
+                np.left_shift(Q, v, out=tmp)
+                np.add(tmp, W[i + j], out=W[i + j])
+                Q = W[i + j]
+            if accQ is None:
+                accQ = Q
+                accE = np.bitwise_and(Q, lanes)
+            else:
+                sh = n * v
+                np.left_shift(accQ, sh, out=accQ)
+                accQ += Q
+                np.left_shift(accE, sh, out=accE)
+                np.bitwise_and(Q, lanes, out=tmp)
+                accE += tmp
+            i += n
+        accQ -= accE
+        accQ >>= 8
+        np.right_shift(accE, 16, out=tmp)
+        accE &= 0xFFFF
+        for base, res in ((0, accE), (Wp, accQ), (2 * Wp, tmp)):
+            c0, c1 = base + w0, min(C, base + w1)
+            if c1 > c0:
+                out[p0:p1, c0:c1] = res[:, : c1 - c0]
+        return ones
+
+    nw = _workers()
+    total = T * P * Wp
+    n = max(1, -(-total // max(1, BYTE_BLOCK_WORDS)))
+    if nw > 1 and total >= (1 << 13):
+        n = -(-n // nw) * nw  # whole rounds of the worker threads
+    pb = min(n, P)
+    wb = min(Wp, -(-n // pb))
+    pstep, wstep = -(-P // pb), -(-Wp // wb)
+    units = [(p0, min(P, p0 + pstep), w0, min(Wp, w0 + wstep)) for p0 in range(0, P, pstep) for w0 in range(0, Wp, wstep)]
+    return sum(_map(lambda u: unit(*u), units))
 
 
 def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
@@ -326,6 +489,9 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
         out[...] = 0
         return out, 0
     _check_row_idx(src2d, g.xbs[0].id, g.row_idx)
+    plan = g.byte_plan(bits, dac_bits)
+    if plan is not None:
+        return out, _mvm_group_bytes(src2d, g, plan, bits, dac_bits, out)
     plane_bound = mask * g.max_col_sum
     F, J, ftype, itype = _pack_params(g.max_col_sum, bits, dac_bits)
     cells = g.cells_as(ftype)

@@ -1,0 +1,172 @@
+"""The grouped bit-level mvm kernel (``runtime.kernels.mvm_group``) against a direct transcription
+of spec/isa.md §3.2: per bit-step the digits, the column sums, the ADC (saturate / drop-lsb) and
+the shift-and-add, plus ``dac_ones``. Covers both of the kernel's products (the byte-packed one,
+used while one read's column sum stays below 2^8, and the general packed-field one), mixed ADC
+resolutions and modes in one group, and inputs for which some reads saturate and others do not."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runtime import kernels as K
+
+
+def _reference(src: np.ndarray, images: list[np.ndarray], table: np.ndarray, adcs: list[tuple[int, str]],
+               cell_bits: int, bits: int, dac_bits: int) -> tuple[np.ndarray, int]:
+    """Column results [P, ΣC] and dac_ones of each crossbar, straight from isa.md §3.2."""
+    P = src.shape[0]
+    T = -(-bits // dac_bits)
+    mask = (1 << dac_bits) - 1
+    used = table >= 0
+    x = np.zeros((P, table.size), dtype=np.int64)
+    x[:, used] = src[:, table[used]]
+    outs = []
+    dac_ones = 0
+    for img, (A, mode) in zip(images, adcs):
+        R = img.shape[0]
+        X = img.astype(np.int64) * used[:, None]  # unused rows are driven with 0
+        s_max = R * mask * ((1 << cell_bits) - 1)
+        D = max(0, s_max.bit_length() - A)
+        res = np.zeros((P, img.shape[1]), dtype=np.int64)
+        ones = 0
+        for k in range(T):
+            d = (x >> (k * dac_bits)) & mask
+            ones += int(np.count_nonzero(d[:, used]))
+            s = d @ X
+            a = np.minimum(s, (1 << A) - 1) if mode == "saturate" else (s >> D) << D
+            res += a << (k * dac_bits)
+        outs.append(res)
+        dac_ones = ones  # the same for every crossbar of the group (shared row table)
+    return np.concatenate(outs, axis=1), dac_ones
+
+
+def _group(images, table, adcs, cell_bits):
+    xbs = []
+    for i, (img, (A, mode)) in enumerate(zip(images, adcs)):
+        decl = SimpleNamespace(id=i, rows=img.shape[0], cols=img.shape[1], image=f"img{i}", row_table=f"t{i}",
+                               adc_bits=A, adc_mode=mode, lossless=0)
+        xbs.append(K.prepare_xbar(decl, img, table, cell_bits))
+    return K.XbarGroup(xbs)
+
+
+def _check(src, images, table, adcs, cell_bits, bits, dac_bits, workers=None):
+    g = _group(images, table, adcs, cell_bits)
+    want, want_ones = _reference(src.astype(np.int64), images, table, adcs, cell_bits, bits, dac_bits)
+    old = K.WORKERS
+    if workers is not None:
+        K.WORKERS = workers
+    try:
+        got, ones = K.mvm_group(src, g, bits, dac_bits)
+        out = np.full(want.shape, -7, dtype=np.int64)  # written in place, stale contents overwritten
+        got2, ones2 = K.mvm_group(src, g, bits, dac_bits, out=out)
+    finally:
+        K.WORKERS = old
+    assert got2 is out
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(out, want)
+    assert ones == want_ones == ones2
+    return g
+
+
+@st.composite
+def cases(draw):
+    cell_bits = draw(st.integers(1, 3))
+    bits = draw(st.integers(1, 8))
+    dac_bits = draw(st.integers(1, 3))
+    K_in = draw(st.integers(1, 24))
+    rows = draw(st.integers(1, 48))
+    P = draw(st.integers(1, 40))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    table = rng.integers(-1, K_in, size=rows)
+    if draw(st.booleans()):
+        table[rng.random(rows) < 0.3] = -1
+    nx = draw(st.integers(1, 4))
+    # sparse or dense cells: small images keep one read's column sum below 2^8 (the byte path)
+    density = draw(st.sampled_from([0.05, 0.3, 1.0]))
+    images = []
+    for _ in range(nx):
+        cols = draw(st.integers(1, 9))
+        img = rng.integers(0, 1 << cell_bits, size=(rows, cols))
+        img[rng.random(img.shape) > density] = 0
+        images.append(img)
+    adcs = [(draw(st.integers(1, 9)), draw(st.sampled_from(["saturate", "drop-lsb"]))) for _ in range(nx)]
+    # inputs: uniform codes, or mostly small codes (ReLU-like: high digits rare, so some reads of a
+    # group saturate and others cannot)
+    hi = 1 << bits
+    if draw(st.booleans()):
+        src = rng.integers(0, hi, size=(P, K_in))
+    else:
+        src = np.minimum(rng.geometric(0.3, size=(P, K_in)) - 1, hi - 1)
+        src[rng.random(src.shape) < 0.4] = 0
+    dtype = draw(st.sampled_from([np.uint8, np.int64, np.int32]))
+    return src.astype(dtype), images, table, adcs, cell_bits, bits, dac_bits
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(), st.sampled_from([1, 2]))
+def test_mvm_group_matches_spec(case, workers):
+    _check(*case, workers=workers)
+
+
+def _relu_like(rng, P, K_in, bits=8):
+    src = np.minimum(rng.geometric(0.05, size=(P, K_in)) - 1, (1 << bits) - 1)
+    src[rng.random(src.shape) < 0.5] = 0
+    return src.astype(np.uint8)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_byte_path_isaac8_adc6_like(workers):
+    """The benchmark machine's shape: 128 rows, 2-bit cells, 8-bit inputs, 1-bit DAC, 6-bit saturating
+    ADC; many blocks of iterations and words (block sizes forced small), some reads saturating."""
+    rng = np.random.default_rng(1)
+    rows, K_in = 128, 300
+    table = rng.permutation(K_in)[:rows]
+    images = [rng.integers(0, 2, size=(rows, 40)) + rng.integers(0, 2, size=(rows, 40)) for _ in range(3)]
+    images[1][:, 5] = 1  # a unit column
+    adcs = [(6, "saturate")] * 3
+    src = _relu_like(rng, 333, K_in)
+    g = _group(images, table, adcs, 2)
+    assert g.byte_plan(8, 1) is not None
+    old = K.BYTE_BLOCK_WORDS
+    K.BYTE_BLOCK_WORDS = 2000
+    try:
+        _check(src, images, table, adcs, 2, 8, 1, workers=workers)
+    finally:
+        K.BYTE_BLOCK_WORDS = old
+    _check(src, images, table, adcs, 2, 8, 1, workers=workers)
+
+
+def test_byte_path_mixed_modes_and_resolutions():
+    rng = np.random.default_rng(2)
+    rows, K_in = 60, 80
+    table = rng.integers(-1, K_in, size=rows)
+    images = [rng.integers(0, 4, size=(rows, c)) for c in (7, 1, 12, 5)]
+    adcs = [(6, "saturate"), (3, "drop-lsb"), (4, "saturate"), (9, "drop-lsb")]
+    src = _relu_like(rng, 50, K_in)
+    g = _check(src, images, table, adcs, 2, 8, 1)
+    assert g.byte_plan(8, 1) is not None
+
+
+def test_general_path_when_a_sum_reaches_a_byte():
+    """Column sums of one read ≥ 2^8 (wide DAC, 3-bit cells): the packed-field product."""
+    rng = np.random.default_rng(3)
+    rows, K_in = 100, 120
+    table = rng.integers(0, K_in, size=rows)
+    images = [rng.integers(0, 8, size=(rows, c)) for c in (9, 4)]
+    adcs = [(6, "saturate"), (7, "drop-lsb")]
+    src = _relu_like(rng, 70, K_in)
+    g = _check(src, images, table, adcs, 3, 8, 2)
+    assert g.byte_plan(8, 2) is None
+
+
+def test_no_used_rows_and_no_iterations():
+    table = np.full(5, -1)
+    images = [np.ones((5, 3), dtype=np.int64)]
+    _check(np.zeros((4, 2), dtype=np.uint8), images, table, [(6, "saturate")], 1, 8, 1)
+    _check(np.zeros((0, 2), dtype=np.uint8), images, np.array([0, 1, -1, 0, 1]), [(6, "saturate")], 1, 8, 1)
