@@ -177,6 +177,8 @@ class Machine:
         self.xbar_groups: dict[tuple[int, ...], K.XbarGroup] = {}
         self.layer_mats: dict[tuple[int, int], K.LayerMatrix | None] = {}
         self.sa_plans: dict[tuple[str, int, int], K.ShiftaddPlan] = {}
+        self.sa_active: dict[str, int] = {}
+        self.fused_static: dict[int, tuple | None] = {}
         self.fused_events_plans: dict[tuple[int, int], FusedEventsPlan] = {}
         self.fused_pending: dict[tuple[int, int], np.ndarray] = {}  # (first mvm, bits) -> [crossbars, _FUSED_KEYS] events so far
         self.prepared: set[bool] = set()
@@ -358,19 +360,17 @@ class Machine:
                 break
             if fast_path and i in self.conv_chains and self._run_conv(i, stats):
                 last = self.conv_chains[i][2]
-                for k in range(i, last + 1):
-                    self._after(k)
+                self._after(i, last)
                 i = last + 1
                 continue
             if fast_path and i in self.groups and self._run_fused(i, stats):
                 last = self.groups[i][1]
-                self._after(last)
+                self._after(i, last)
                 i = last + 1
                 continue
             if i in self.mvm_runs and self.mvm_runs[i]:
                 end = self._run_mvm_run(i, stats, fast_path)
-                for k in range(i, end):
-                    self._after(k)
+                self._after(i, end - 1)
                 i = end
                 continue
             out = _DISPATCH[ins.opcode](self, ins, fast_path)
@@ -388,19 +388,26 @@ class Machine:
             self._after(i)
             i += 1
 
-    def _after(self, i: int) -> None:
-        """Track peak memory and free the buffers whose last use was instruction i."""
+    def _after(self, i: int, last: int | None = None) -> None:
+        """Track peak memory and free the buffers whose last use was instruction i (or any of
+        i..last, for instructions that ran together)."""
         live = sum(a.nbytes for a in self.env.values())
         self.peak_bytes = max(self.peak_bytes, live)
-        for name in self.free_after.get(i, ()):
-            self.env.pop(name, None)
-            self.vbounds.pop(name, None)
-            for key in [k for k in self.checked if k[0] == name]:
-                del self.checked[key]
+        for k in range(i, (i if last is None else last) + 1):
+            for name in self.free_after.get(k, ()):
+                self.env.pop(name, None)
+                self.vbounds.pop(name, None)
+                for key in [c for c in self.checked if c[0] == name]:
+                    del self.checked[key]
 
     def _fused_static(self, first: int):
         """What a fused group needs that does not depend on the data: (mvm instrs, crossbars, bits,
-        shiftadd instr, cols decl, out decl), or None when the group cannot run fused."""
+        shiftadd instr, cols decl, out decl), or None when the group cannot run fused (cached)."""
+        if first not in self.fused_static:
+            self.fused_static[first] = self._fused_static_uncached(first)
+        return self.fused_static[first]
+
+    def _fused_static_uncached(self, first: int):
         idx, sa = self.groups[first]
         mv = [self.instrs[k] for k in idx]
         f0 = mv[0].fields
@@ -678,7 +685,7 @@ class Machine:
     def _run_fused(self, first: int, stats: list[InstrStats]) -> bool:
         """A lossless layer's mvms and shiftadd as one exact product x @ W_eff, with the events the
         instructions would count. False (nothing done) when it does not apply; then they run one by one."""
-        idx, sa = self.groups[first]
+        sa = self.groups[first][1]
         f0 = self.instrs[first].fields
         src_name, cols_name = f0["src"], f0["dst"]
         if cols_name in self.env or src_name not in self.env:
@@ -686,7 +693,7 @@ class Machine:
         st = self._fused_static(first)
         if st is None:
             return False
-        mv, xbs, bits, sa_ins, cdecl, odecl = st
+        bits, sa_ins, cdecl = st[2], st[3], st[4]
         src = self.env[src_name]
         src2d = src.reshape(-1, src.shape[-1]) if src.ndim != 2 else src
         lm = self._layer_matrix(first, src2d.shape[1])
@@ -885,8 +892,10 @@ class Machine:
 
     def _shiftadd_events(self, ins: Instr, src_name: str, P: int, itemsize: int, out_nbytes: int) -> dict[str, int]:
         dst_name = ins.fields["dst"]
-        cm = np.asarray(self.consts[ins.fields["colmap"]])
-        active = int((cm[:, 0] != -2).sum()) if cm.size else 0
+        active = self.sa_active.get(ins.fields["colmap"])
+        if active is None:  # columns the column map uses (once per map)
+            cm = np.asarray(self.consts[ins.fields["colmap"]])
+            active = self.sa_active[ins.fields["colmap"]] = int((cm[:, 0] != -2).sum()) if cm.size else 0
         events = {
             "shift_adds": P * active,
             "macs": P * int(_need(ins, "macs", self.pc)),

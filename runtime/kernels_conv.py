@@ -147,8 +147,7 @@ def _finish(t: np.ndarray, plan: ConvPlan, out: np.ndarray) -> None:
     np.rint(t, out=t)  # half to even, as rne
     if plan.zp:
         t += plan.zp
-    np.clip(t, plan.lo, plan.hi, out=t)
-    np.copyto(out, t, casting="unsafe")  # integers within out's type (checked by the caller)
+    np.clip(t, plan.lo, plan.hi, out=out, casting="unsafe")  # integers within out's type (checked by the caller)
 
 
 def _requant_rows(acc: np.ndarray, plan: ConvPlan, n0: int, n1: int, out: np.ndarray, biased: bool = False) -> None:

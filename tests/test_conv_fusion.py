@@ -1,0 +1,160 @@
+"""The fast path's fused conv layer (``runtime.kernels_conv``) against references written from
+spec/isa.md: im2col (§3.1), an exact integer product, requant (§3.4) in Python integers, and
+``dac_ones`` (§3.2) as the popcount of the im2col matrix — over random geometry, widths and
+requantization constants, including the cases that take the rarer branches (K-chunked float32
+products, float64 products, per-block checked requantization and its integer fallback, depthwise).
+Whole programs: the fused layers give the outputs and counters of the bit-level path."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runtime import kernels as K
+from runtime import kernels_conv as KC
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _im2col(src, kernel, stride, pad, dilation, pad_value):
+    """isa.md §3.1 one kernel offset at a time: [B·Ho·Wo, C·kh·kw]."""
+    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = kernel, stride, pad, dilation
+    padded = np.pad(src, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
+    B, C, H, W = src.shape
+    Ho, Wo = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1, (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    out = np.empty((B, Ho, Wo, C, kh, kw), dtype=np.int64)
+    for u in range(kh):
+        for v in range(kw):
+            win = padded[:, :, u * dh : u * dh + sh * (Ho - 1) + 1 : sh, v * dw : v * dw + sw * (Wo - 1) + 1 : sw]
+            out[:, :, :, :, u, v] = win.transpose(0, 2, 3, 1)
+    return out.reshape(B * Ho * Wo, C * kh * kw), (Ho, Wo)
+
+
+def _requant_ref(acc, bias, mult, shift, zp, lo, hi):
+    """isa.md §3.4 in Python integers: clamp(rne((acc + bias)·mult / 2^shift) + zp, lo, hi)."""
+    out = np.empty(acc.shape, dtype=np.int64)
+    for (p, n), a in np.ndenumerate(acc):
+        v = (int(a) + int(bias[n])) * int(mult[n])
+        s = int(shift[n])
+        q, r = divmod(v, 1 << s) if s else (v, 0)
+        half = (1 << s) >> 1
+        if s and (r > half or (r == half and q % 2)):
+            q += 1
+        out[p, n] = min(max(q + zp, lo), hi)
+    return out
+
+
+@st.composite
+def layers(draw):
+    B = draw(st.integers(1, 3))
+    dw = draw(st.booleans())
+    C = draw(st.integers(2, 6))
+    N = C if dw else draw(st.integers(1, 6))
+    H, W = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw_ = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    if H + pad[0] + pad[2] < dh * (kh - 1) + 1 or W + pad[1] + pad[3] < dw_ * (kw - 1) + 1:
+        pad = (pad[0] + dh * (kh - 1), pad[1] + dw_ * (kw - 1), pad[2], pad[3])
+    bits = draw(st.sampled_from([2, 4, 8]))
+    wmax = draw(st.sampled_from([3, 127, 2**15, 2**22]))  # large weights: K-chunks, float64 products
+    big_mult = draw(st.booleans())  # mult near 2^31 with large sums: per-block checks, integer fallback
+    seed = draw(st.integers(0, 2**31 - 1))
+    return B, C, N, H, W, (kh, kw), (sh, sw), pad, (dh, dw_), bits, wmax, big_mult, dw, seed
+
+
+def _case(case):
+    B, C, N, H, W, kernel, stride, pad, dil, bits, wmax, big_mult, dw, seed = case
+    rng = np.random.default_rng(seed)
+    kk = kernel[0] * kernel[1]
+    if dw:  # output channel c reads input channel c only
+        Wm = np.zeros((C * kk, C), dtype=np.int64)
+        for c in range(C):
+            Wm[c * kk : (c + 1) * kk, c] = rng.integers(-wmax, wmax + 1, kk)
+    else:
+        Wm = rng.integers(-wmax, wmax + 1, (C * kk, N))
+    src = rng.integers(0, 1 << bits, (B, C, H, W)).astype(np.uint8 if bits <= 8 else np.uint16)
+    pad_value = int(rng.integers(0, 1 << bits))
+    bias = rng.integers(-(1 << 20), 1 << 20, N)
+    mult = rng.integers(1 << 30, 1 << 31, N) if big_mult else rng.integers(1, 1 << 16, N)
+    shift = rng.integers(30, 50, N) if big_mult else rng.integers(8, 24, N)
+    zp = int(rng.integers(0, 20))
+    return src, Wm, kernel, stride, pad, dil, pad_value, bits, bias, mult, shift, zp
+
+
+@SETTINGS
+@given(layers())
+def test_run_conv_equals_im2col_product_and_requant(case):
+    src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
+    C, N = src.shape[1], Wm.shape[1]
+    lm = K.LayerMatrix(Wm, bits)
+    plan = KC.plan_conv(lm, bits, kernel, stride, pad, dil, pv, C, bias, mult, shift, zp, 0, 255)
+    cols, (Ho, Wo) = _im2col(src.astype(np.int64), kernel, stride, pad, dil, pv)
+    acc = cols @ Wm
+    ref = _requant_ref(acc, bias, mult, shift, zp, 0, 255)
+    if plan is None:  # only when no float product can be exact
+        assert ((1 << bits) - 1) * int(np.abs(Wm).sum(axis=0).max()) >= 1 << 53
+        return
+    got = KC.run_conv(src, plan, np.uint8)
+    assert got.shape == (src.shape[0], N, Ho, Wo)
+    np.testing.assert_array_equal(got.transpose(0, 2, 3, 1).reshape(-1, N), ref)
+
+
+def test_run_conv_covers_each_product_and_requantization_form():
+    """Every branch of plan_conv/run_conv is taken by some layer (and is exact)."""
+    forms = set()
+    rng = np.random.default_rng(7)
+    for wmax, big_mult, dw in [(3, False, False), (127, True, False), (2**15, False, False), (2**22, False, False),
+                               (127, False, True), (2**22, True, True)]:
+        case = (2, 4, 4, 7, 6, (3, 3), (1, 2), (1, 0, 1, 2), (1, 1), 8, wmax, big_mult, dw, int(rng.integers(1 << 30)))
+        src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
+        lm = K.LayerMatrix(Wm, bits)
+        plan = KC.plan_conv(lm, bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, 0, 255)
+        forms.add("depthwise" if plan.dw is not None else "biased" if plan.biased is not None
+                  else "float64" if plan.wt64 is not None else f"{len(plan.chunks)}-chunk")
+        forms.add("checked" if plan.check is not None else "proved")
+        cols, _ = _im2col(src.astype(np.int64), kernel, stride, pad, dil, pv)
+        ref = _requant_ref(cols @ Wm, bias, mult, shift, zp, 0, 255)
+        got = KC.run_conv(src, plan, np.uint8)
+        np.testing.assert_array_equal(got.transpose(0, 2, 3, 1).reshape(-1, Wm.shape[1]), ref)
+    assert {"depthwise", "biased", "float64", "checked", "proved"} <= forms
+    assert any(f.endswith("-chunk") and f != "1-chunk" for f in forms)
+
+
+@SETTINGS
+@given(layers(), st.sampled_from([1, 2, 3]))
+def test_ones_per_column_equals_im2col_popcount(case, dac):
+    src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
+    lm = K.LayerMatrix(Wm, bits)
+    plan = KC.plan_conv(lm, bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, 0, 255)
+    if plan is None:
+        return
+    T = -(-bits // dac)
+    table = None if dac == 1 else K.digit_nonzero_table(bits, dac, T).astype(np.uint8)
+    cols, _ = _im2col(src.astype(np.int64), kernel, stride, pad, dil, pv)
+    per_code = K.digit_nonzero_table(bits, dac, T)
+    np.testing.assert_array_equal(KC.ones_per_column(src, plan, table), per_code[cols].sum(axis=0))
+
+
+def test_example_runs_its_conv_layers_fused_with_bit_level_outputs_and_counters(tmp_path):
+    """The shipped example on isaac8: its conv layers take the fused path, and outputs and every
+    counter equal the bit-level run's."""
+    from pathlib import Path
+
+    from pimc.driver import QuantOptions, compile_model
+    from pimc.hw import load_config
+    from runtime.executor import machine_for, run_program
+
+    ex = Path(__file__).resolve().parent.parent / "examples" / "mnist_cnn"
+    program = compile_model(ex / "model.onnx", load_config("isaac8"), QuantOptions(calibration=str(ex / "calib.npy"))).program
+    x = {program.inputs[0].name: np.load(ex / "test_images.npy")[:5]}
+    fast, rf = run_program(program, x)
+    m = machine_for(program)
+    assert len(m.conv_chains) == 2 and all(p is not None for p in m.conv_plans.values())
+    slow, rs = run_program(program, x, fast_path=False)
+    for k in fast:
+        np.testing.assert_array_equal(fast[k], slow[k])
+    assert rf["counters"] == rs["counters"]
+    assert [lay["counters"] for lay in rf["layers"]] == [lay["counters"] for lay in rs["layers"]]
