@@ -180,26 +180,32 @@ class Machine:
         self.sa_active: dict[str, int] = {}
         self.fused_static: dict[int, tuple | None] = {}
         self.fused_events_plans: dict[tuple[int, int], FusedEventsPlan] = {}
-        self.fused_pending: dict[tuple[int, int], np.ndarray] = {}  # (first mvm, bits) -> [crossbars, _FUSED_KEYS] events so far
+        #: (first mvm, bits) -> the fused group's executions so far: (P, itemsize, home, dac_ones per row block)
+        self.fused_pending: dict[tuple[int, int], list] = {}
         self.prepared: set[bool] = set()
         self.nz_tables: dict[tuple[int, int], np.ndarray] = {}
 
     def _conv_chains(self, last: dict[str, int], keep: set[str]) -> dict[int, tuple[int, int, int]]:
-        """``im2col -> fused mvm group -> shiftadd -> requant (nchw)`` chains whose intermediate
-        buffers nothing else reads: on the fast path each runs as one channel-major layer
-        (``kernels_conv``). im2col index -> (first mvm, shiftadd, requant)."""
+        """``[im2col ->] fused mvm group -> shiftadd -> requant`` chains whose intermediate buffers
+        nothing else reads: on the fast path each runs as one channel-major layer (``kernels_conv``;
+        without im2col, a fully connected layer is a 1x1 conv of a 1x1 map). First index (the
+        im2col's, else the first mvm's) -> (first mvm, shiftadd, requant)."""
         chains: dict[int, tuple[int, int, int]] = {}
         ins, n = self.instrs, len(self.instrs)
         for first, (idx, sa) in self.groups.items():
-            i, r = first - 1, sa + 1
-            if i < 0 or r >= n or ins[i].opcode != "im2col" or ins[r].opcode != "requant":
+            r = sa + 1
+            if r >= n or ins[r].opcode != "requant":
                 continue
-            cols, sums = ins[i].fields.get("dst"), ins[sa].fields.get("dst")
-            if (cols != ins[first].fields.get("src") or last.get(cols) != idx[-1] or cols in keep
-                    or ins[r].fields.get("src") != sums or last.get(sums) != r or sums in keep
-                    or ins[r].fields.get("layout") != "nchw" or ins[first].fields.get("dst") in keep):
+            sums, colres = ins[sa].fields.get("dst"), ins[first].fields.get("dst")
+            if ins[r].fields.get("src") != sums or last.get(sums) != r or sums in keep or colres in keep:
                 continue
-            chains[i] = (first, sa, r)
+            i = first - 1
+            if i >= 0 and ins[i].opcode == "im2col" and ins[i].fields.get("dst") == ins[first].fields.get("src"):
+                cols = ins[i].fields["dst"]
+                if last.get(cols) == idx[-1] and cols not in keep and ins[r].fields.get("layout") == "nchw":
+                    chains[i] = (first, sa, r)
+            elif ins[r].fields.get("layout") == "flat":
+                chains[first] = (first, sa, r)
         return chains
 
     def _mvm_runs(self) -> dict[int, list[list[int]]]:
@@ -475,9 +481,10 @@ class Machine:
 
     def flush_events(self, stats: list[InstrStats]) -> None:
         """Hand the fused groups' accumulated events to their mvm instructions' records (once per
-        run, after execution: the counting itself happened per layer in _run_fused)."""
-        for key, ev in self.fused_pending.items():
+        run, after execution: the data-dependent counting, dac_ones, happened during the run)."""
+        for key, calls in self.fused_pending.items():
             plan = self.fused_events_plans[key]
+            ev = sum(self._fused_event_rows(plan, *call) for call in calls)
             rows = ev.tolist()
             for k, xid, adc, row in zip(plan.ks, plan.xbar_ids, plan.adc_bits, rows):
                 st = stats[k]
@@ -589,6 +596,15 @@ class Machine:
         ones = np.zeros(plan.n_blocks, dtype=np.int64)  # (a block of no used rows: 0)
         for dac, sel, rows_cat, starts in plan.block_gathers:
             ones[sel] = np.add.reduceat(per_dac[dac][rows_cat], starts)
+        home = self.homes.get(src_name)
+        if home is None:  # the host loads model inputs where they are first used
+            home = self.homes[src_name] = plan.place0
+        # the rest is arithmetic on the plan's arrays: done once per run, in flush_events
+        self.fused_pending.setdefault((first, bits), []).append((P, itemsize, home, ones))
+        self.colhomes[cols_name] = dict(plan.colhomes)
+
+    def _fused_event_rows(self, plan: FusedEventsPlan, P: int, itemsize: int, home: tuple, ones: np.ndarray) -> np.ndarray:
+        """[crossbars, _FUSED_KEYS] events of one execution of a fused group (isa.md §3.2)."""
         steps = P * plan.T
         ev = np.empty((len(plan.ks), len(_FUSED_KEYS)), dtype=np.int64)
         ev[:, 0] = steps
@@ -597,18 +613,17 @@ class Machine:
         ev[:, 3] = ev[:, 1] * plan.cols
         ev[:, 4] = ev[:, 5] = ev[:, 6] = steps * plan.cols
         ev[:, 7] = ev[:, 8] = P * itemsize * plan.rows_used
-        home = self.homes.get(src_name)
-        if home is None:  # the host loads model inputs where they are first used
-            home = self.homes[src_name] = plan.place0
         moved = ((plan.chip != home[0]) | (plan.tile != home[1])) & (ev[:, 7] > 0)
         ev[:, 9] = np.where(moved, -(-(ev[:, 7] * 8) // self.flit_bits), 0)
         ev[:, 10] = np.where(moved & (plan.chip != home[0]), ev[:, 9], 0)
-        acc_ev = self.fused_pending.get((first, bits))
-        if acc_ev is None:
-            self.fused_pending[(first, bits)] = ev
-        else:
-            acc_ev += ev
-        self.colhomes[cols_name] = dict(plan.colhomes)
+        return ev
+
+    def _conv_geometry(self, i: int) -> tuple:
+        """(kernel, stride, pad, dilation, pad value) of chain ``i``: its im2col's, or a 1x1 conv's."""
+        f = self.instrs[i].fields
+        if i == self.conv_chains[i][0]:  # no im2col: a fully connected layer
+            return (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 0
+        return f["kernel"], f["stride"], f["pad"], f["dilation"], int(f["pad_value"])
 
     def _conv_plan(self, i: int, C: int) -> KC.ConvPlan | None:
         """The exact plan of conv chain ``i`` for inputs of C channels (built once, cached), or None."""
@@ -619,40 +634,47 @@ class Machine:
         if key in self.conv_plans:
             return self.conv_plans[key]
         plan = None
-        im, rq = self.instrs[i].fields, self.instrs[r].fields
-        kh, kw = (int(k) for k in im["kernel"])
+        rq = self.instrs[r].fields
+        geometry = self._conv_geometry(i)
+        kh, kw = (int(k) for k in geometry[0])
         lm = None if st is None else self._layer_matrix(first, C * kh * kw)
         consts = [self.consts.get(rq[k]) for k in ("bias", "mult", "shift")]
         N = st[5].shape[1] if st is not None else 0
         if lm is not None and lm.Wm.shape == (C * kh * kw, N) and all(
                 c is not None and np.asarray(c).size in (1, N) for c in consts):
-            plan = KC.plan_conv(lm, bits, im["kernel"], im["stride"], im["pad"], im["dilation"], int(im["pad_value"]), C,
-                                *consts, int(rq["zp"]), int(rq["lo"]), int(rq["hi"]))
+            plan = KC.plan_conv(lm, bits, *geometry, C, *consts, int(rq["zp"]), int(rq["lo"]), int(rq["hi"]))
         self.conv_plans[key] = plan
         return plan
 
     def _run_conv(self, i: int, stats: list[InstrStats]) -> bool:
-        """A lossless conv layer's im2col, mvms, shiftadd and requant as one channel-major exact
+        """A lossless layer's [im2col,] mvms, shiftadd and requant as one channel-major exact
         computation (``kernels_conv``), with the events the instructions would count. False
         (nothing done) when it does not apply; then they run as usual (and report any error)."""
         first, sa, r = self.conv_chains[i]
         im, sa_ins, rq = self.instrs[i], self.instrs[sa], self.instrs[r]
-        src_name, cols_name = im.fields["src"], im.fields["dst"]
+        has_im2col = i != first
+        src_name = im.fields["src"]
+        cols_name = im.fields["dst"] if has_im2col else src_name  # what the mvms read
         colres_name, sums_name, out_name = self.instrs[first].fields["dst"], sa_ins.fields["dst"], rq.fields["dst"]
         src = self.env.get(src_name)
-        if src is None or colres_name in self.env or src.ndim != 4 or src.dtype.kind != "u":
+        if src is None or colres_name in self.env or src.ndim != (4 if has_im2col else 2) or src.dtype.kind != "u":
             return False
         st = self._fused_static(first)
         if st is None:
             return False
         bits, cdecl, sdecl = st[2], st[4], st[5]
-        plan = self._conv_plan(i, src.shape[1])
+        src4 = src if has_im2col else src.reshape(*src.shape, 1, 1)
+        plan = self._conv_plan(i, src4.shape[1])
         xdecl, odecl = self.buffers.get(cols_name), self.buffers.get(out_name)
         if plan is None or xdecl is None or odecl is None or len(xdecl.shape) != 2:
             return False
-        B, C, H, W = src.shape
+        B, C, H, W = src4.shape
         Ho, Wo = KC.out_hw(plan, H, W)
-        if Ho <= 0 or Wo <= 0 or [int(v) for v in rq.fields["out_hw"]] != [Ho, Wo] or xdecl.shape[1] != C * plan.kernel[0] * plan.kernel[1]:
+        if Ho <= 0 or Wo <= 0 or xdecl.shape[1] != C * plan.kernel[0] * plan.kernel[1]:
+            return False
+        if has_im2col and [int(v) for v in rq.fields["out_hw"]] != [Ho, Wo]:
+            return False
+        if not has_im2col and int(np.prod(odecl.shape[1:])) != plan.N:
             return False
         # every code the crossbars see (the source's and the pad value) must be a valid input of
         # the columns' type and width; requant's clamp must fit its destination
@@ -664,18 +686,20 @@ class Machine:
         if lo < max(0, xlo) or hi > xhi or hi >= (1 << bits) or plan.lo < olo or plan.hi > ohi:
             return False
         self.pc, self.instr = r, rq
-        out = KC.run_conv(src, plan, DTYPES[odecl.dtype])
+        out = KC.run_conv(src4, plan, DTYPES[odecl.dtype])
+        if not has_im2col:
+            out = out.reshape(-1, *odecl.shape[1:])
         out = self.write(out_name, out, bounds=(plan.lo, plan.hi))
         self.vbounds[out_name] = (out, plan.lo, plan.hi)
         # the events, as each instruction counts them
-        P, Kc = B * Ho * Wo, xdecl.shape[1]
-        xbytes = P * Kc * DTYPES[xdecl.dtype].itemsize
-        stats[i].add({"buffer_read_bytes": xbytes, "buffer_write_bytes": xbytes})
-        if src_name in self.homes:
-            self.homes[cols_name] = self.homes[src_name]
-        per_dac = {dac: KC.ones_per_column(src, plan, self._nz_table(bits, dac, src.dtype))
+        P, Kc, xsize = B * Ho * Wo, xdecl.shape[1], DTYPES[xdecl.dtype].itemsize
+        if has_im2col:
+            stats[i].add({"buffer_read_bytes": P * Kc * xsize, "buffer_write_bytes": P * Kc * xsize})
+            if src_name in self.homes:
+                self.homes[cols_name] = self.homes[src_name]
+        per_dac = {dac: KC.ones_per_column(src4, plan, self._nz_table(bits, dac, src.dtype))
                    for dac, _T in self._fused_events_plan(first, bits).dacs}
-        self._fused_mvm_events(first, bits, P, per_dac, DTYPES[xdecl.dtype].itemsize, cols_name, colres_name)
+        self._fused_mvm_events(first, bits, P, per_dac, xsize, cols_name, colres_name)
         sbytes = P * sdecl.shape[1] * DTYPES[sdecl.dtype].itemsize
         stats[sa].add(self._shiftadd_events(sa_ins, colres_name, P, DTYPES[cdecl.dtype].itemsize, sbytes))
         stats[r].add({"digital_ops": out.size, "buffer_read_bytes": sbytes, "buffer_write_bytes": out.nbytes})

@@ -139,7 +139,7 @@ def test_ones_per_column_equals_im2col_popcount(case, dac):
 
 
 def test_example_runs_its_conv_layers_fused_with_bit_level_outputs_and_counters(tmp_path):
-    """The shipped example on isaac8: its conv layers take the fused path, and outputs and every
+    """The shipped example on isaac8: its conv and fully connected layers take the fused path, and outputs and every
     counter equal the bit-level run's."""
     from pathlib import Path
 
@@ -152,7 +152,7 @@ def test_example_runs_its_conv_layers_fused_with_bit_level_outputs_and_counters(
     x = {program.inputs[0].name: np.load(ex / "test_images.npy")[:5]}
     fast, rf = run_program(program, x)
     m = machine_for(program)
-    assert len(m.conv_chains) == 2 and all(p is not None for p in m.conv_plans.values())
+    assert len(m.conv_chains) == 4 and all(p is not None for p in m.conv_plans.values())
     slow, rs = run_program(program, x, fast_path=False)
     for k in fast:
         np.testing.assert_array_equal(fast[k], slow[k])
