@@ -1202,8 +1202,13 @@ def quantize_input(x: np.ndarray, scale: float, zp: int, dtype: np.dtype, act_bi
     clamp(rne(·) + zp, qmin, qmax); NaN becomes zp (real 0), ±inf saturate."""
     lo, hi = input_range(dtype, act_bits)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        v = np.asarray(x, dtype=np.float32) / np.float32(scale)
-    v = np.where(np.isnan(v), np.float32(0), v)
+        v = np.asarray(x, dtype=np.float32) / np.float32(scale)  # a new array: the rest works in place
+    np.nan_to_num(v, copy=False, nan=0.0)  # (±inf become the largest finite values: clamped below)
+    if max(abs(lo - zp), abs(hi - zp), abs(lo), abs(hi)) < (1 << 24):  # every bound exact in binary32
+        np.rint(v, out=v)  # rne of the binary32 quotient
+        np.clip(v, lo - zp, hi - zp, out=v)  # clamp(q + zp, lo, hi) = clamp(q, lo - zp, hi - zp) + zp
+        v += zp
+        return v.astype(dtype)
     v = np.rint(np.clip(v.astype(np.float64), lo - zp - 1, hi - zp + 1))  # also keeps the int64 cast in range
     return np.clip(v.astype(np.int64) + zp, lo, hi).astype(dtype)
 

@@ -7,12 +7,15 @@ destination buffer type's range.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from runtime.errors import ProgramError
 from runtime.intmath import clamp, div_rne, mul_rne_shift, rne_float
 
 
+@functools.lru_cache(maxsize=None)
 def type_range(dtype: np.dtype) -> tuple[int, int]:
     info = np.iinfo(dtype)
     return int(info.min), int(info.max)
