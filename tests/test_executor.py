@@ -393,3 +393,29 @@ def test_bad_embedded_configuration_is_a_program_error():
     prog.config = {**prog.config, "adc": {**prog.config["adc"], "rate_gsps": -1.0}}
     with pytest.raises(ProgramError, match="adc.rate_gsps"):
         run_program(prog, {"x": np.zeros((1, 3), np.float32)})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, width=32), min_size=1, max_size=40), st.floats(float(np.float32(1e-4)), 10.0, width=32),
+       st.sampled_from([(np.uint8, 0, 255), (np.int8, -128, 127)]), st.integers(0, 255))
+def test_quantize_input_matches_onnx_quantize_linear(values, scale, kind, zp_seed):
+    """Host-side input quantization (isa.md §2) is ONNX QuantizeLinear as onnxruntime runs it;
+    NaN -> zp and ±inf saturate."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from runtime.executor import quantize_input
+
+    dtype, lo, hi = kind
+    zp = lo + zp_seed % (hi - lo + 1)
+    x = np.array(values, dtype=np.float32)
+    elem = TensorProto.UINT8 if dtype == np.uint8 else TensorProto.INT8
+    node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
+    graph = helper.make_graph([node], "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [x.size])],
+                              [helper.make_tensor_value_info("y", elem, [x.size])],
+                              [helper.make_tensor("s", TensorProto.FLOAT, [], [scale]), helper.make_tensor("z", elem, [], [zp])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(quantize_input(x, scale, zp, np.dtype(dtype)), ref)
+    special = quantize_input(np.array([np.nan, np.inf, -np.inf], np.float32), scale, zp, np.dtype(dtype))
+    assert special.tolist() == [zp, hi, lo]
