@@ -32,6 +32,9 @@ from runtime.kernels import LayerMatrix, _map, requant
 XT_BLOCK_ELEMS = 1 << 17
 SUM_BLOCK_ELEMS = 1 << 16
 
+#: padded maps up to this many elements run depthwise as one flat array per block (kernels_conv.run_conv)
+SMALL_MAP = 1024
+
 
 @dataclass
 class ConvPlan:
@@ -57,7 +60,7 @@ class ConvPlan:
     #: the worst case |sum + bias|·mult reaches 2^53: each block checks its actual sums (max |bias|, max |mult|)
     check: tuple[int, int] | None
     ints: tuple[np.ndarray, np.ndarray, np.ndarray]  # bias, mult, shift as int64 [N] (the integer path)
-    selections: dict = field(default_factory=dict)  # (H, W) -> ones_per_column's selection matrices
+    selections: dict = field(default_factory=dict)  # per input shape: ones_per_column's selections, dw coefficients
 
 
 def _depthwise_coefs(Wm: np.ndarray, C: int, kk: int) -> np.ndarray | None:
@@ -142,18 +145,27 @@ def _window(xp: np.ndarray, plan: ConvPlan, Ho: int, Wo: int) -> np.ndarray:
                                            strides=(sB, sC, sH * dh, sW * dw, sH * sh, sW * sw), writeable=False)
 
 
-def _finish(t: np.ndarray, plan: ConvPlan, out: np.ndarray) -> None:
-    """out = clamp(rint(t) + zp) for exact float64 t = (sum + bias)·mult / 2^shift (t is consumed)."""
-    np.rint(t, out=t)  # half to even, as rne
+def _finish(t: np.ndarray, plan: ConvPlan, out: np.ndarray, cols: int | None = None) -> None:
+    """out = clamp(rint(t) + zp) for exact float64 t = (sum + bias)·mult / 2^shift (t is consumed);
+    ``cols``: only the first ``cols`` of t's last axis go to out."""
+    flat = t.reshape(-1) if t.flags.c_contiguous else t
+    np.rint(flat, out=flat)  # half to even, as rne
     if plan.zp:
-        t += plan.zp
+        flat += plan.zp
+    if cols is not None:
+        t = t[..., :cols]
     np.clip(t, plan.lo, plan.hi, out=out, casting="unsafe")  # integers within out's type (checked by the caller)
 
 
-def _requant_rows(acc: np.ndarray, plan: ConvPlan, n0: int, n1: int, out: np.ndarray, biased: bool = False) -> None:
+def _requant_rows(acc: np.ndarray, plan: ConvPlan, n0: int, n1: int, out: np.ndarray, biased: bool = False,
+                  cols: int | None = None) -> None:
     """out (integer [n, ...]) = clamp(rint(acc·scale + bias·scale) + zp): exact (see plan_conv);
-    ``biased``: acc already includes the bias. Where the worst case was not provably exact, the
-    block's actual sums are checked, and the rare block beyond float64 takes the integer path."""
+    ``biased``: acc already includes the bias; ``cols``: only the first ``cols`` of acc's last
+    axis are results. Where the worst case was not provably exact, the block's actual sums are
+    checked, and the rare block beyond float64 takes the integer path."""
+    if cols is not None and plan.check is not None:
+        acc = acc[..., :cols]  # (the dropped columns may hold anything)
+        cols = None
     if plan.check is not None:
         bias_max, mmax = plan.check
         amax = max(float(acc.max()), -float(acc.min())) if acc.size else 0.0
@@ -165,11 +177,24 @@ def _requant_rows(acc: np.ndarray, plan: ConvPlan, n0: int, n1: int, out: np.nda
             y = requant(flat.T.astype(np.int64), bias, mult, shift, plan.zp, plan.lo, plan.hi, channel_major=True, out_dtype=out.dtype)
             out[...] = y.reshape(out.shape)
             return
+    shape = acc.shape
+    if acc.flags.c_contiguous:  # one long row per channel: numpy's inner loops run the whole row
+        acc = acc.reshape(shape[0], -1)
     col = (-1,) + (1,) * (acc.ndim - 1)
     t = np.multiply(acc, plan.scale[n0:n1].reshape(col), dtype=np.float64)
     if not biased:
         t += plan.bscaled[n0:n1].reshape(col)
-    _finish(t, plan, out)
+    _finish(t.reshape(shape), plan, out, cols)
+
+
+def _expanded_coefs(plan: ConvPlan, c0: int, c1: int, per_channel: int) -> list[np.ndarray]:
+    """Per kernel offset, channels c0..c1's depthwise coefficients each repeated ``per_channel``
+    times (a flat block's multipliers); built once per block shape and kept on the plan."""
+    key = ("dw", c0, c1, per_channel)
+    got = plan.selections.get(key)
+    if got is None:
+        got = plan.selections[key] = [np.repeat(plan.dw[c0:c1, kk], per_channel) for kk in range(plan.dw.shape[1])]
+    return got
 
 
 def _blocks(B: int, n: int, per_image: int, inner: int, target: int) -> list[tuple[int, int, int, int]]:
@@ -193,23 +218,56 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
     # the requantized block [N', b, rows, Wo] lands in the output [b, N', rows, Wo] in place
     if plan.dw is not None:  # blocks of channels (output channel c reads input channel c)
 
+        Hp, Wp = xp.shape[2:]
+        (sh, sw), (dh, dwl) = plan.stride, plan.dilation
+        # equal strides: output (h, w) at flat grid position q = h·Wp + w reads the flattened padded
+        # input at s·q + (i·dh·Wp + j·dw), so each kernel offset is ONE long (strided) slice of the
+        # flat block rather than Ho short rows; grid columns w >= Wo are computed and dropped
+        flat = sh == sw
+        offs = [i * dh * Wp + j * dwl for i in range(kh) for j in range(kw)]
+        tail = max(0, max(offs) + sh * (Ho * Wp - 1) + 1 - Hp * Wp) if flat else 0
+        # small maps at stride 1: the grids of all channels and images of a block run as ONE flat
+        # array (rows Ho..Hp-1 of each grid are dropped too), with each offset's coefficients
+        # expanded to it (cached): numpy's inner loops then span the block, not one short map
+        across = flat and sh == 1 and Hp * Wp <= SMALL_MAP
+        tail_all = max(offs)
+
         def dw_block(item) -> None:
             b0, b1, c0, c1 = item
             ft = plan.dw.dtype
-            xf = xp[b0:b1, c0:c1].astype(ft)  # converted once, not per kernel offset
-            wf = _window(xf, plan, Ho, Wo)
+            dst = out[b0:b1, c0:c1].transpose(1, 0, 2, 3)  # [c, b, Ho, Wo]
+            if across:  # small maps, stride 1: the whole block as one flat run (see below)
+                n = (c1 - c0) * (b1 - b0) * Hp * Wp
+                xf = np.zeros(n + tail_all, dtype=ft)
+                xf[:n].reshape(c1 - c0, b1 - b0, Hp, Wp)[...] = xp[b0:b1, c0:c1].transpose(1, 0, 2, 3)
+                coefs = _expanded_coefs(plan, c0, c1, (b1 - b0) * Hp * Wp)
+                acc = np.multiply(xf[offs[0] : offs[0] + n], coefs[0])
+                tmp = np.empty_like(acc)
+                for o, cf in zip(offs[1:], coefs[1:]):
+                    np.multiply(xf[o : o + n], cf, out=tmp)
+                    acc += tmp
+                acc = acc.reshape(c1 - c0, b1 - b0, Hp, Wp)[:, :, :Ho]
+                _requant_rows(np.ascontiguousarray(acc), plan, c0, c1, dst, cols=Wo)
+                return
+            if flat:
+                xf = np.zeros((c1 - c0, b1 - b0, Hp * Wp + tail), dtype=ft)  # converted once
+                xf[:, :, : Hp * Wp] = xp[b0:b1, c0:c1].transpose(1, 0, 2, 3).reshape(c1 - c0, b1 - b0, -1)
+                views = [xf[:, :, o : o + sh * (Ho * Wp - 1) + 1 : sh] for o in offs]
+            else:
+                wf = _window(xp[b0:b1, c0:c1].astype(ft), plan, Ho, Wo)
+                views = [wf[:, :, i, j].transpose(1, 0, 2, 3) for i in range(kh) for j in range(kw)]
             acc = tmp = None
-            for i in range(kh):  # per kernel offset: one multiply-add over the block's channels
-                for j in range(kw):
-                    view = wf[:, :, i, j].transpose(1, 0, 2, 3)
-                    coef = plan.dw[c0:c1, i * kw + j, None, None, None]
-                    if acc is None:
-                        acc = np.multiply(view, coef)
-                        tmp = np.empty_like(acc)
-                    else:
-                        np.multiply(view, coef, out=tmp)
-                        acc += tmp
-            _requant_rows(acc, plan, c0, c1, out[b0:b1, c0:c1].transpose(1, 0, 2, 3))
+            for kk, view in enumerate(views):  # per kernel offset: one multiply-add over the block
+                coef = plan.dw[c0:c1, kk].reshape((-1,) + (1,) * (view.ndim - 1))
+                if acc is None:
+                    acc = np.multiply(view, coef)
+                    tmp = np.empty_like(acc)
+                else:
+                    np.multiply(view, coef, out=tmp)
+                    acc += tmp
+            if flat:
+                acc = acc.reshape(c1 - c0, b1 - b0, Ho, Wp)
+            _requant_rows(acc, plan, c0, c1, dst, cols=Wo if flat else None)
 
         _map(dw_block, _blocks(B, C, C * Ho * Wo, Ho * Wo, SUM_BLOCK_ELEMS))
         return out
