@@ -315,7 +315,9 @@ def _pack_params(max_col_sum: int, bits: int, dac_bits: int):
 
 
 #: words (three packed column sums each, all bit-steps) of one block of the byte-packed bit-level mvm
-BYTE_BLOCK_WORDS = 1 << 16
+BYTE_BLOCK_WORDS = 1 << 18
+#: smallest byte-packed mvm (words, all bit-steps) split over the worker threads
+BYTE_SPLIT_WORDS = 1 << 18
 
 
 @dataclass
@@ -459,7 +461,7 @@ def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int
     nw = _workers()
     total = T * P * Wp
     n = max(1, -(-total // max(1, BYTE_BLOCK_WORDS)))
-    if nw > 1 and total >= (1 << 13):
+    if nw > 1 and total >= BYTE_SPLIT_WORDS:
         n = -(-n // nw) * nw  # whole rounds of the worker threads
     pb = min(n, P)
     wb = min(Wp, -(-n // pb))

@@ -121,9 +121,10 @@ def _relu_like(rng, P, K_in, bits=8):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_byte_path_isaac8_adc6_like(workers):
+@pytest.mark.parametrize("block", [200, 2000])
+def test_byte_path_isaac8_adc6_like(workers, block):
     """The benchmark machine's shape: 128 rows, 2-bit cells, 8-bit inputs, 1-bit DAC, 6-bit saturating
-    ADC; many blocks of iterations and words (block sizes forced small), some reads saturating."""
+    ADC; many blocks of iterations and of words (block sizes forced small), some reads saturating."""
     rng = np.random.default_rng(1)
     rows, K_in = 128, 300
     table = rng.permutation(K_in)[:rows]
@@ -133,12 +134,12 @@ def test_byte_path_isaac8_adc6_like(workers):
     src = _relu_like(rng, 333, K_in)
     g = _group(images, table, adcs, 2)
     assert g.byte_plan(8, 1) is not None
-    old = K.BYTE_BLOCK_WORDS
-    K.BYTE_BLOCK_WORDS = 2000
+    old = K.BYTE_BLOCK_WORDS, K.BYTE_SPLIT_WORDS
+    K.BYTE_BLOCK_WORDS, K.BYTE_SPLIT_WORDS = block, 1
     try:
         _check(src, images, table, adcs, 2, 8, 1, workers=workers)
     finally:
-        K.BYTE_BLOCK_WORDS = old
+        K.BYTE_BLOCK_WORDS, K.BYTE_SPLIT_WORDS = old
     _check(src, images, table, adcs, 2, 8, 1, workers=workers)
 
 
