@@ -220,54 +220,54 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
 
         Hp, Wp = xp.shape[2:]
         (sh, sw), (dh, dwl) = plan.stride, plan.dilation
-        # equal strides: output (h, w) at flat grid position q = h·Wp + w reads the flattened padded
-        # input at s·q + (i·dh·Wp + j·dw), so each kernel offset is ONE long (strided) slice of the
-        # flat block rather than Ho short rows; grid columns w >= Wo are computed and dropped
-        flat = sh == sw
-        offs = [i * dh * Wp + j * dwl for i in range(kh) for j in range(kw)]
-        tail = max(0, max(offs) + sh * (Ho * Wp - 1) + 1 - Hp * Wp) if flat else 0
-        # small maps at stride 1: the grids of all channels and images of a block run as ONE flat
-        # array (rows Ho..Hp-1 of each grid are dropped too), with each offset's coefficients
-        # expanded to it (cached): numpy's inner loops then span the block, not one short map
-        across = flat and sh == 1 and Hp * Wp <= SMALL_MAP
-        tail_all = max(offs)
+        # equal strides s: the padded input split into its s x s phases (rows ≡ p, columns ≡ q
+        # mod s), each flattened with grid width Wq; output (h, w) at grid position h·Wq + w reads,
+        # for kernel offset (i, j), phase ((i·dh) mod s, (j·dw) mod s) at that position plus
+        # ⌊i·dh/s⌋·Wq + ⌊j·dw/s⌋. So each offset is ONE contiguous slice of a phase, not Ho short
+        # (strided) rows; grid columns past Wo (and rows past Ho) are computed and dropped
+        poly = sh == sw
+        s_ = sh
+        Hq, Wq = -(-Hp // s_), -(-Wp // s_)
+        taps = [((i * dh) % s_, (j * dwl) % s_, (i * dh // s_) * Wq + (j * dwl // s_)) for i in range(kh) for j in range(kw)]
+        tail = max(t[2] for t in taps)
+        row = Hq * Wq + tail  # one (channel, image) of a phase, with room for the largest shift
+        # small maps: a block's channels and images as one flat run per phase (the junk between
+        # them computed and dropped too), each offset's coefficients expanded to it (cached)
+        across = poly and Hq * Wq <= SMALL_MAP
 
         def dw_block(item) -> None:
             b0, b1, c0, c1 = item
+            nc, nb = c1 - c0, b1 - b0
             ft = plan.dw.dtype
             dst = out[b0:b1, c0:c1].transpose(1, 0, 2, 3)  # [c, b, Ho, Wo]
-            if across:  # small maps, stride 1: the whole block as one flat run (see below)
-                n = (c1 - c0) * (b1 - b0) * Hp * Wp
-                xf = np.zeros(n + tail_all, dtype=ft)
-                xf[:n].reshape(c1 - c0, b1 - b0, Hp, Wp)[...] = xp[b0:b1, c0:c1].transpose(1, 0, 2, 3)
-                coefs = _expanded_coefs(plan, c0, c1, (b1 - b0) * Hp * Wp)
-                acc = np.multiply(xf[offs[0] : offs[0] + n], coefs[0])
-                tmp = np.empty_like(acc)
-                for o, cf in zip(offs[1:], coefs[1:]):
-                    np.multiply(xf[o : o + n], cf, out=tmp)
-                    acc += tmp
-                acc = acc.reshape(c1 - c0, b1 - b0, Hp, Wp)[:, :, :Ho]
-                _requant_rows(np.ascontiguousarray(acc), plan, c0, c1, dst, cols=Wo)
-                return
-            if flat:
-                xf = np.zeros((c1 - c0, b1 - b0, Hp * Wp + tail), dtype=ft)  # converted once
-                xf[:, :, : Hp * Wp] = xp[b0:b1, c0:c1].transpose(1, 0, 2, 3).reshape(c1 - c0, b1 - b0, -1)
-                views = [xf[:, :, o : o + sh * (Ho * Wp - 1) + 1 : sh] for o in offs]
-            else:
+            if not poly:  # unequal strides: shifted windows of the padded block
                 wf = _window(xp[b0:b1, c0:c1].astype(ft), plan, Ho, Wo)
                 views = [wf[:, :, i, j].transpose(1, 0, 2, 3) for i in range(kh) for j in range(kw)]
-            acc = tmp = None
-            for kk, view in enumerate(views):  # per kernel offset: one multiply-add over the block
-                coef = plan.dw[c0:c1, kk].reshape((-1,) + (1,) * (view.ndim - 1))
-                if acc is None:
-                    acc = np.multiply(view, coef)
-                    tmp = np.empty_like(acc)
+                coefs = [plan.dw[c0:c1, kk, None, None, None] for kk in range(kh * kw)]
+            else:
+                n = nc * nb * row
+                buf = np.zeros(s_ * s_ * n + tail, dtype=ft)  # converted once
+                for p in range(s_):
+                    for q in range(s_):
+                        part = xp[b0:b1, c0:c1, p::s_, q::s_].transpose(1, 0, 2, 3)
+                        grid = buf[(p * s_ + q) * n : (p * s_ + q + 1) * n].reshape(nc, nb, row)[:, :, : Hq * Wq]
+                        grid.reshape(nc, nb, Hq, Wq)[:, :, : part.shape[2], : part.shape[3]] = part
+                if across:
+                    views = [buf[(p * s_ + q) * n + o : (p * s_ + q + 1) * n + o] for p, q, o in taps]
+                    coefs = _expanded_coefs(plan, c0, c1, nb * row)
                 else:
-                    np.multiply(view, coef, out=tmp)
-                    acc += tmp
-            if flat:
-                acc = acc.reshape(c1 - c0, b1 - b0, Ho, Wp)
-            _requant_rows(acc, plan, c0, c1, dst, cols=Wo if flat else None)
+                    views = [buf[(p * s_ + q) * n : (p * s_ + q + 1) * n].reshape(nc, nb, row)[:, :, o : o + Ho * Wq] for p, q, o in taps]
+                    coefs = [plan.dw[c0:c1, kk, None, None] for kk in range(kh * kw)]
+            acc = np.multiply(views[0], coefs[0])
+            tmp = np.empty_like(acc)
+            for view, coef in zip(views[1:], coefs[1:]):  # per kernel offset: one multiply-add over the block
+                np.multiply(view, coef, out=tmp)
+                acc += tmp
+            if poly:
+                if across:
+                    acc = np.ascontiguousarray(acc.reshape(nc, nb, row)[:, :, : Ho * Wq])
+                acc = acc.reshape(nc, nb, Ho, Wq)
+            _requant_rows(acc, plan, c0, c1, dst, cols=Wo if poly else None)
 
         _map(dw_block, _blocks(B, C, C * Ho * Wo, Ho * Wo, SUM_BLOCK_ELEMS))
         return out

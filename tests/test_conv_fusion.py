@@ -8,6 +8,7 @@ Whole programs: the fused layers give the outputs and counters of the bit-level 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -158,3 +159,19 @@ def test_example_runs_its_conv_layers_fused_with_bit_level_outputs_and_counters(
         np.testing.assert_array_equal(fast[k], slow[k])
     assert rf["counters"] == rs["counters"]
     assert [lay["counters"] for lay in rf["layers"]] == [lay["counters"] for lay in rs["layers"]]
+
+
+@pytest.mark.parametrize("stride,dil", [((1, 1), (1, 1)), ((2, 2), (1, 1)), ((2, 2), (2, 2)), ((3, 3), (1, 2)), ((1, 2), (1, 1))])
+def test_depthwise_on_maps_too_large_for_one_flat_run(stride, dil):
+    """Large maps take the per-channel-row polyphase (or, for unequal strides, the window) path."""
+    rng = np.random.default_rng(sum(stride) + 10 * sum(dil))
+    case = (2, 3, 3, 100, 97, (3, 3), stride, (1, 2, 0, 1), dil, 8, 127, False, True, int(rng.integers(1 << 30)))
+    src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
+    Hp, Wp = src.shape[2] + pad[0] + pad[2], src.shape[3] + pad[1] + pad[3]
+    assert -(-Hp // stride[0]) * -(-Wp // stride[0]) > KC.SMALL_MAP or stride[0] != stride[1]
+    plan = KC.plan_conv(K.LayerMatrix(Wm, bits), bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, 0, 255)
+    assert plan.dw is not None
+    cols, _ = _im2col(src.astype(np.int64), kernel, stride, pad, dil, pv)
+    ref = _requant_ref(cols @ Wm, bias, mult, shift, zp, 0, 255)
+    got = KC.run_conv(src, plan, np.uint8)
+    np.testing.assert_array_equal(got.transpose(0, 2, 3, 1).reshape(-1, Wm.shape[1]), ref)
