@@ -329,7 +329,6 @@ class _BytePlan:
     thr: np.ndarray | None  # [4·Wp] uint8 saturation threshold per byte (None: no column saturates)
     keep: np.ndarray | None  # [4·Wp] uint8 kept-bit mask per byte (None: no column drops bits)
     m: int  # bit-steps combined in one byte before the shift-and-add unpacks it
-    full: dict  # (p, w0, w1) -> block-shaped thr / keep arrays (integer min is vectorized only array-array)
 
 
 def _byte_plan(g: XbarGroup, bits: int, dac_bits: int) -> _BytePlan | None:
@@ -376,17 +375,25 @@ def _byte_plan(g: XbarGroup, bits: int, dac_bits: int) -> _BytePlan | None:
     cp[:, :C] = g.cells
     packed = cp[:, :Wp] + 256 * cp[:, Wp : 2 * Wp] + 65536 * cp[:, 2 * Wp :]  # exact: < 2^24
     return _BytePlan(Wp, np.ascontiguousarray(packed), np.ascontiguousarray(thr.T).reshape(-1) if any_sat else None,
-                     np.ascontiguousarray(keep.T).reshape(-1) if any_drop else None, m, {})
+                     np.ascontiguousarray(keep.T).reshape(-1) if any_drop else None, m)
 
 
-def _block_full(plan: _BytePlan, p: int, w0: int, w1: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    key = (p, w0, w1)
-    got = plan.full.get(key)
-    if got is None:
-        def tile(a):
-            return None if a is None else np.ascontiguousarray(np.broadcast_to(a[4 * w0 : 4 * w1], (p, 4 * (w1 - w0))))
-        got = plan.full[key] = (tile(plan.thr), tile(plan.keep))
-    return got
+#: per-byte ADC arrays repeated over a block's iterations, shared by the groups with the same
+#: pattern (NumPy's integer minimum is vectorized only between two arrays, not with a broadcast row)
+_FULL: dict[tuple[bytes, int], np.ndarray] = {}
+
+
+def _block_full(a: np.ndarray | None, p: int, w0: int, w1: int) -> np.ndarray | None:
+    """``a`` [4·Wp] (per byte) as a [p, 4·(w1 − w0)] array for the words w0..w1 of p iterations."""
+    if a is None:
+        return None
+    key = (a.tobytes(), p)
+    full = _FULL.get(key)
+    if full is None:
+        if len(_FULL) >= 64:
+            _FULL.clear()
+        full = _FULL[key] = np.ascontiguousarray(np.broadcast_to(a, (p, a.size)))
+    return full[:, 4 * w0 : 4 * w1]
 
 
 def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int, dac_bits: int, out: np.ndarray) -> int:
@@ -394,8 +401,8 @@ def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int
     (bytes 0, 1, 2 of the exact integer), so a single float32 product [T·p, R] @ [R, ⌈C/3⌉] yields
     every step's column sums; the ADC is one byte-wise minimum (saturate) or mask (drop-lsb); m
     steps are shift-added inside the bytes while their sum fits (ADC maximum · (2^(m·v) − 1) < 2^8),
-    then each word is split into two words of 16-bit lanes (bytes 0 and 2, byte 1) that take the
-    rest of the shift-and-add (column results < 2^16). Returns dac_ones."""
+    the rest of the shift-and-add runs on the words themselves and on their bytes 0 and 2 in 16-bit
+    lanes (column results < 2^16); byte 1's column is the difference of the two / 2^8. Returns dac_ones."""
     P = src2d.shape[0]
     T = -(-bits // dac_bits)
     v = dac_bits
@@ -420,7 +427,7 @@ def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int
         np.copyto(W.reshape(T * p, Wq), S, casting="unsafe")
         W = W.view(np.uint32)
         B = W.view(np.uint8)  # [T, p, 4·Wq]
-        thr, keep = _block_full(plan, p, w0, w1)
+        thr, keep = _block_full(plan.thr, p, w0, w1), _block_full(plan.keep, p, w0, w1)
         if thr is not None:
             np.minimum(B, thr, out=B)
         if keep is not None:
