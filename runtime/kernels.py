@@ -270,6 +270,10 @@ class XbarGroup:
         self.xbs = xbs
         self.row_idx = xbs[0].row_idx
         self.rows_used = xbs[0].rows_used
+        # the input columns the rows read: a slice (a view, no gather) when they are consecutive
+        r = self.row_idx
+        consecutive = r.size > 0 and bool((np.diff(r) == 1).all())
+        self.row_sel = slice(int(r[0]), int(r[0]) + r.size) if consecutive else r
         self.widths = [xb.cols for xb in xbs]
         self.offsets = np.concatenate(([0], np.cumsum(self.widths))).astype(np.int64)
         self.cells = np.concatenate([xb.cells for xb in xbs], axis=1) if xbs else np.zeros((0, 0), np.int64)
@@ -418,7 +422,7 @@ def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int
 
     def unit(p0: int, p1: int, w0: int, w1: int) -> int:
         p, Wq = p1 - p0, w1 - w0
-        x = src2d[p0:p1, g.row_idx].astype(small, copy=False)  # [p, R]
+        x = src2d[p0:p1, g.row_sel].astype(small, copy=False)  # [p, R]
         d = (x[None] >> shifts) & small.type(mask)  # [T, p, R]
         ones = int(np.count_nonzero(d)) if w0 == 0 else 0
         cl = plan.cells[:, w0:w1]
@@ -530,7 +534,7 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
         keep = keep.dtype.type(keep[0])
     def unit(p0: int, p1: int, c0: int, c1: int) -> int:
         """out[p0:p1, c0:c1]; returns the block's dac_ones (counted by the c0 == 0 unit only)."""
-        x = src2d[p0:p1, g.row_idx].astype(small, copy=False)  # [p, R]
+        x = src2d[p0:p1, g.row_sel].astype(small, copy=False)  # [p, R]
         cl = cells[:, c0:c1]
         st = sat if not isinstance(sat, np.ndarray) else sat[c0:c1]
         kp = keep if not isinstance(keep, np.ndarray) else keep[c0:c1]

@@ -171,3 +171,17 @@ def test_no_used_rows_and_no_iterations():
     images = [np.ones((5, 3), dtype=np.int64)]
     _check(np.zeros((4, 2), dtype=np.uint8), images, table, [(6, "saturate")], 1, 8, 1)
     _check(np.zeros((0, 2), dtype=np.uint8), images, np.array([0, 1, -1, 0, 1]), [(6, "saturate")], 1, 8, 1)
+
+
+@pytest.mark.parametrize("dac_bits", [1, 2])
+def test_consecutive_row_table_reads_a_slice(dac_bits):
+    """A row block reading consecutive input elements (the compiler's usual layout) takes them as a
+    view of the source; both products."""
+    rng = np.random.default_rng(4)
+    rows, K_in = 40, 100
+    table = np.arange(30, 30 + rows)
+    images = [rng.integers(0, 4, size=(rows, c)) for c in (8, 3)]
+    adcs = [(5, "saturate"), (4, "drop-lsb")]
+    src = _relu_like(rng, 45, K_in)
+    g = _check(src, images, table, adcs, 2, 8, dac_bits)
+    assert isinstance(g.row_sel, slice)
