@@ -10,14 +10,15 @@ with ``W_eff`` the layer matrix (``kernels.layer_matrix``). It is computed here 
 strided view of the padded input: the im2col matrix, the column results and the int64 sums are
 never materialized, the output lands in NCHW order without a transpose, and the per-channel
 requantization constants broadcast along long rows. Depthwise layers (every output channel reads
-one input channel) are ``kh·kw`` multiply-adds over shifted views instead of a block-diagonal
-product.
+one input channel) are ``kh·kw`` multiply-adds over shifted slices of the padded input's stride
+phases instead of a block-diagonal product.
 
 Exactness is proved once, at preparation (``plan_conv``): the products run in float32 on chunks of
-the K axis whose worst-case partial sums stay below 2^24 (as ``kernels.LayerMatrix``), and the
-requantization in float64 where ``|sum + bias|·mult < 2^53`` holds for every possible input, so
-``(sum + bias)·(mult·2^-shift)`` is an exact float64 and ``rint`` rounds half to even as rne does.
-When either cannot be proved, there is no plan and the instructions run one by one.
+the K axis whose worst-case partial sums stay below 2^24 (as ``kernels.LayerMatrix``), else in
+float64 below 2^53 (no plan beyond). The requantization runs in float64 where
+``|sum + bias|·mult < 2^53`` holds for every possible input, so ``(sum + bias)·(mult·2^-shift)``
+is an exact float64 and ``rint`` rounds half to even as rne does; where that worst case is not
+proved, each block checks its actual sums and a block beyond it takes the integer path.
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ def plan_conv(lm: LayerMatrix, bits: int, kernel, stride, pad, dilation, pad_val
     chunks = wt64 = dw = biased = None
     exact = bmax * mmax < (1 << 53)  # every (sum + bias)·mult below 2^53, whatever the input
     coefs = _depthwise_coefs(Wm, C, kh * kw)
-    if coefs is not None:  # (float32 multiply-adds and a separate requantization beat float64 scaled ones)
+    if coefs is not None:
+        if vmax >= (1 << 53):
+            return None
         dw = coefs.astype(np.float32 if vmax < (1 << 24) else np.float64)
     else:
         plan = lm.plan(bits)
