@@ -831,6 +831,8 @@ class Machine:
         grouped = {k: s for s in sets for k in s}
         end = self.mvm_run_end[first]
         done: set[int] = set()
+        dst_name = self.instrs[first].fields.get("dst")
+        fresh = dst_name not in self.env  # the run's destination starts from zeros
         for k in range(first, end):
             if k in done:
                 continue
@@ -883,6 +885,19 @@ class Machine:
                     self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac_bits, False, res[:, o0 : o0 + w], events,
                                                    written=view is not None), stats)
             done.update(members)
+        out = self.env.get(dst_name)
+        if fresh and out is not None and out.dtype == np.int64:
+            # every column result is a sum of ADC outputs, each at most its read's sum:
+            # 0 <= result <= (2^bits - 1)·(largest column sum); shiftadd need not scan for it
+            bound = 0
+            for k in range(first, end):
+                f = self.instrs[k].fields
+                xb = self.xbars.get(int(f["xbar"])) if isinstance(f.get("xbar"), int) else None
+                if xb is None:
+                    break
+                bound = max(bound, ((1 << int(f["bits"])) - 1) * xb.max_col_sum)
+            else:
+                self.vbounds[dst_name] = (out, 0, bound)
         return end
 
     def op_shiftadd(self, ins: Instr, fast: bool):
@@ -905,7 +920,8 @@ class Machine:
             plan = self.sa_plans.get(key)
             if plan is None:
                 plan = self.sa_plans[key] = K.ShiftaddPlan(colmap, decl.shape[1], src.shape[1])
-            vmax = max(abs(int(src.max())), abs(int(src.min()))) if src.size else 0
+            b = self._bounds(src_name, src)
+            vmax = max(-b[0], b[1]) if b is not None else (max(abs(int(src.max())), abs(int(src.min()))) if src.size else 0)
             dmax = max(abs(int(dst.max())), abs(int(dst.min()))) if dst is not None and dst.size else 0
             if plan.exact_for(vmax, dmax):
                 acc = plan.apply(src, dst)
