@@ -657,6 +657,24 @@ def shiftadd(src: np.ndarray, colmap: np.ndarray, n_out: int, dst: np.ndarray | 
     return acc
 
 
+def _direct_runs(out: np.ndarray, coef: np.ndarray, n_out: int) -> list[tuple[int, int, np.ndarray]] | None:
+    """[(first column, D, coefficients [N, D])] when the direct columns (out >= 0) are runs of
+    N·D consecutive columns in which column a + n·D + d adds to output n; else None."""
+    direct = out >= 0
+    if not direct.any() or n_out < 1:
+        return None
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], direct.astype(np.int8), [0]))))
+    runs = []
+    for a, b in zip(edges[::2], edges[1::2]):  # per maximal segment of direct columns
+        if (b - a) % n_out:
+            return None
+        D = (b - a) // n_out
+        if not np.array_equal(out[a:b], np.repeat(np.arange(n_out), D)):
+            return None
+        runs.append((int(a), int(D), np.ascontiguousarray(coef[a:b].reshape(n_out, D))))
+    return runs
+
+
 class ShiftaddPlan:
     """A column map (isa.md §3.3) prepared once as a gather-and-sum: for every output n, the
     columns that add to it with their integer coefficient (±2^shift, negated for a flipped
@@ -695,6 +713,9 @@ class ShiftaddPlan:
         self.E = np.zeros((self.units.size, n_out), dtype=np.int64)
         np.add.at(self.E, (uidx, out[fd]), flip[fd] * w[fd])
         self.n_out = n_out
+        # the compiler's layout: per row block, outputs 0..N-1 each with D consecutive columns.
+        # Such runs are summed from contiguous [P, N, D] views (einsum), without the gather
+        self.runs = _direct_runs(out, coef, n_out)
         # Σ |coefficients| reaching one output: the exactness bound per unit of |src|
         per_out = np.abs(self.cf).sum(axis=1) + np.abs(self.E).sum(axis=0)
         self.coef_bound = (int(per_out.max()) if per_out.size else 0) + int(np.abs(self.bvec).sum())
@@ -705,7 +726,11 @@ class ShiftaddPlan:
     def apply(self, src: np.ndarray, dst: np.ndarray | None) -> np.ndarray:
         P = src.shape[0]
         acc = np.zeros((P, self.n_out), dtype=np.int64) if dst is None else dst
-        if self.L:
+        if self.runs is not None:
+            N = self.n_out
+            for a, D, cf in self.runs:  # one contiguous run of N·D columns per row block
+                acc += np.einsum("pnd,nd->pn", src[:, a : a + N * D].reshape(P, N, D), cf)
+        elif self.L:
             block = max(1, (1 << 18) // max(self.n_out * self.L, 1))
             flat_idx = self.idx.ravel()
 

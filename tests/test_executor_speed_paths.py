@@ -172,6 +172,31 @@ def test_shiftadd_plan_equals_columnwise_reference(n_out, ncols, P, seed, init):
     np.testing.assert_array_equal(K.shiftadd(src, colmap, n_out, None if dst is None else dst.copy()), want)
 
 
+
+@SETTINGS
+@given(st.integers(1, 8), st.integers(1, 4), st.integers(1, 4), st.integers(1, 6), st.integers(0, 2**31 - 1), st.booleans())
+def test_shiftadd_plan_on_the_compilers_column_layout(n_out, D, blocks, P, seed, init):
+    """Row blocks of N·D columns (output n's D slices side by side) then a unit column, flips
+    pointing at their block's unit column: the layout xbar-bit-slice emits, summed from contiguous
+    views (ShiftaddPlan.runs) rather than gathered."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for b in range(blocks):
+        u = b * (n_out * D + 1) + n_out * D  # this block's unit column
+        for n in range(n_out):
+            for d in range(D):
+                f = int(rng.integers(1, 8)) if rng.random() < 0.5 else 0
+                rows.append([n, 2 * d, 1, f, u if f else 0])
+        rows.append([-1, int(rng.integers(0, 8)), -1, 0, 0])
+    colmap = np.array(rows, dtype=np.int64)
+    ncols = colmap.shape[0]
+    src = rng.integers(0, 1 << 14, (P, ncols)).astype(np.int64)
+    plan = K.ShiftaddPlan(colmap, n_out, ncols)
+    assert plan.runs is not None and len(plan.runs) == blocks
+    dst = rng.integers(-100, 100, (P, n_out)).astype(np.int64) if init else None
+    want = ref_shiftadd(src, colmap, n_out) + (dst if dst is not None else 0)
+    np.testing.assert_array_equal(plan.apply(src, None if dst is None else dst.copy()), want)
+
 @SETTINGS
 @given(st.integers(1, 12), st.integers(1, 700), st.integers(1, 9), st.integers(1, 20), st.integers(0, 2**31 - 1),
        st.sampled_from([0.0, 0.9, 0.99]))
