@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from isa_refs import ref_im2col
 
 from runtime import kernels as K
 from runtime import kernels_conv as KC
@@ -19,17 +20,11 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 
 def _im2col(src, kernel, stride, pad, dilation, pad_value):
-    """isa.md §3.1 one kernel offset at a time: [B·Ho·Wo, C·kh·kw]."""
+    """isa.md §3.1 on int64 codes: ([B·Ho·Wo, C·kh·kw], (Ho, Wo))."""
     (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = kernel, stride, pad, dilation
-    padded = np.pad(src, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
-    B, C, H, W = src.shape
+    H, W = src.shape[2:]
     Ho, Wo = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1, (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    out = np.empty((B, Ho, Wo, C, kh, kw), dtype=np.int64)
-    for u in range(kh):
-        for v in range(kw):
-            win = padded[:, :, u * dh : u * dh + sh * (Ho - 1) + 1 : sh, v * dw : v * dw + sw * (Wo - 1) + 1 : sw]
-            out[:, :, :, :, u, v] = win.transpose(0, 2, 3, 1)
-    return out.reshape(B * Ho * Wo, C * kh * kw), (Ho, Wo)
+    return ref_im2col(src.astype(np.int64), kernel, stride, pad, dilation, pad_value), (Ho, Wo)
 
 
 def _requant_ref(acc, bias, mult, shift, zp, lo, hi):

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from isa_refs import ref_im2col
 
 from runtime import kernels as K
 
@@ -266,20 +267,6 @@ def test_fused_layer_events_equal_bit_level_chunked_and_repeated(tmp_path):
     assert rep_f["run"]["adc_conversions_by_bits"] == rep_b["run"]["adc_conversions_by_bits"]
 
 
-def _ref_im2col(src, kernel, stride, pad, dilation, pad_value):
-    """spec/isa.md §3.1 through the padded [B, Ho, Wo, C, kh, kw] view, copied as is."""
-    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = kernel, stride, pad, dilation
-    padded = np.pad(src, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
-    B, C, H, W = src.shape
-    Ho, Wo = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1, (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    out = np.empty((B, Ho, Wo, C, kh, kw), dtype=src.dtype)
-    for u in range(kh):
-        for v in range(kw):
-            win = padded[:, :, u * dh : u * dh + sh * (Ho - 1) + 1 : sh, v * dw : v * dw + sw * (Wo - 1) + 1 : sw]
-            out[:, :, :, :, u, v] = win.transpose(0, 2, 3, 1)
-    return out.reshape(B * Ho * Wo, C * kh * kw)
-
-
 @SETTINGS
 @given(st.integers(1, 3), st.integers(1, 40), st.integers(3, 40), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2),
        st.integers(1, 2), st.integers(0, 2**31))
@@ -291,7 +278,7 @@ def test_im2col_equals_reference(B, C, H, k, s, p, d, seed):
     src = rng.integers(0, 256, (B, C, H, H + 1)).astype(np.uint8)
     args = ((k, k), (s, s), (p, p + 1, p, p), (d, d), 7)
     got = K.im2col(src, *args)
-    want = _ref_im2col(src, *args)
+    want = ref_im2col(src, *args)
     assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
