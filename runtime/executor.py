@@ -73,6 +73,7 @@ class FusedEventsPlan:
     tile: np.ndarray
     place0: tuple
     colhomes: dict
+    path: str = "fast"  # what the report says ran: the fused fast path, or a bit-level crossbar group
 
 
 def _need(instr: Instr, name: str, index: int) -> Any:
@@ -496,7 +497,7 @@ class Machine:
                 if row[10]:
                     e["chip_flits"] = e.get("chip_flits", 0) + row[10]
                 st.adc_by_bits[adc] = st.adc_by_bits.get(adc, 0) + row[5]
-                st.path = "fast" if st.path in (None, "fast") else "mixed"
+                st.path = plan.path if st.path in (None, plan.path) else "mixed"
                 st.xbar = xid
         self.fused_pending = {}
 
@@ -824,6 +825,34 @@ class Machine:
         st.path = extra["path"] if st.path in (None, extra["path"]) else "mixed"
         st.xbar = extra.get("xbar", st.xbar)
 
+    def _group_events(self, ks: list[int], xbs: list, bits: int, T: int, src2d: np.ndarray, dac_ones: int) -> None:
+        """A bit-level crossbar group's mvm events, as _mvm_post would count them one by one: its
+        static arrays built once (a FusedEventsPlan of one row block), each execution appended to
+        the pending events that flush_events hands to the instructions."""
+        key = ("group", tuple(ks), bits)
+        plan = self.fused_events_plans.get(key)
+        if plan is None:
+            plan = self.fused_events_plans[key] = FusedEventsPlan(
+                ks=list(ks), xbar_ids=[xb.id for xb in xbs], adc_bits=[xb.adc_bits for xb in xbs],
+                T=np.full(len(xbs), T, dtype=np.int64),
+                rows_used=np.array([xb.rows_used for xb in xbs], dtype=np.int64),
+                cols=np.array([xb.cols for xb in xbs], dtype=np.int64),
+                block=np.zeros(len(xbs), dtype=np.intp), n_blocks=1, block_gathers=[], dacs=[],
+                chip=np.array([self.place[xb.id][0] for xb in xbs], dtype=np.int64),
+                tile=np.array([self.place[xb.id][1] for xb in xbs], dtype=np.int64),
+                place0=self.place[xbs[0].id],
+                colhomes={int(self.instrs[k].fields["col0"]): (self.place[xb.id], xb.cols, _psum_bytes(bits, xb), xb.id)
+                          for k, xb in zip(ks, xbs)},
+                path="bit-level",
+            )
+        f = self.instrs[ks[0]].fields
+        src_name, dst_name = f["src"], f["dst"]
+        home = self.homes.get(src_name)
+        if home is None:  # the host loads model inputs where they are first used
+            home = self.homes[src_name] = plan.place0
+        self.fused_pending.setdefault(key, []).append((src2d.shape[0], src2d.dtype.itemsize, home, np.array([dac_ones], dtype=np.int64)))
+        self.colhomes.setdefault(dst_name, {}).update(plan.colhomes)
+
     def _run_mvm_run(self, first: int, stats: list[InstrStats], fast_path: bool) -> int:
         """A run of mvms: the crossbars sharing a row table that take the bit-level path run as one
         grouped product; the others one by one. Returns the index after the run."""
@@ -878,6 +907,10 @@ class Machine:
                     view = dst[:, c0 : c0 + int(g.offsets[-1])]
                 res, dac_ones = K.mvm_group(src2d, g, bits, dac_bits, out=view)
                 T = _ceil_div(bits, dac_bits)
+                if view is not None:  # written in place: the group's events as one array (flush_events)
+                    self._group_events(slow, [pre[m][0] for m in slow], bits, T, src2d, dac_ones)
+                    done.update(members)
+                    continue
                 for m, o0, w in zip(slow, g.offsets[:-1], g.widths):
                     self.pc, self.instr = m, self.instrs[m]
                     xb = pre[m][0]
