@@ -180,9 +180,10 @@ class Machine:
         self.sa_plans: dict[tuple[str, int, int], K.ShiftaddPlan] = {}
         self.sa_active: dict[str, int] = {}
         self.fused_static: dict[int, tuple | None] = {}
-        self.fused_events_plans: dict[tuple[int, int], FusedEventsPlan] = {}
-        #: (first mvm, bits) -> the fused group's executions so far: (P, itemsize, home, dac_ones per row block)
-        self.fused_pending: dict[tuple[int, int], list] = {}
+        #: (first mvm, bits) of a fused layer, or ("group", mvms, bits) of a bit-level crossbar group
+        self.fused_events_plans: dict[tuple, FusedEventsPlan] = {}
+        #: the same keys -> executions so far: (P, itemsize, home, dac_ones per row block)
+        self.fused_pending: dict[tuple, list] = {}
         self.prepared: set[bool] = set()
         self.nz_tables: dict[tuple[int, int], np.ndarray] = {}
 
