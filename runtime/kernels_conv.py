@@ -217,10 +217,8 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
     N, (kh, kw) = plan.N, plan.kernel
     out = np.empty((B, N, Ho, Wo), dtype=out_dtype)
     xp = padded_input(src, plan)
-    win = _window(xp, plan, Ho, Wo)
     # the requantized block [N', b, rows, Wo] lands in the output [b, N', rows, Wo] in place
     if plan.dw is not None:  # blocks of channels (output channel c reads input channel c)
-
         Hp, Wp = xp.shape[2:]
         (sh, sw), (dh, dwl) = plan.stride, plan.dilation
         # equal strides s: the padded input split into its s x s phases (rows ≡ p, columns ≡ q
@@ -275,6 +273,7 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
         _map(dw_block, _blocks(B, C, C * Ho * Wo, Ho * Wo, SUM_BLOCK_ELEMS))
         return out
     # dense: blocks of output rows, X^T [K, images·rows·Wo] copied (and converted) from the view
+    win = _window(xp, plan, Ho, Wo)
     K = C * kh * kw
     target = max(1, min(XT_BLOCK_ELEMS // max(K, 1), SUM_BLOCK_ELEMS // max(N, 1)))
     ftype = np.float32 if plan.chunks is not None else np.float64
