@@ -431,15 +431,17 @@ class Machine:
             return None
         return mv, xbs, bits, sa_ins, cdecl, odecl
 
-    def _fused_events_plan(self, first: int, bits: int) -> "FusedEventsPlan":
-        """What the events of fused group ``first`` need besides the data, per crossbar as arrays
-        (built once per program and width, at preparation when the width is declared)."""
+    def _fused_events_plan(self, first: int, bits: int) -> FusedEventsPlan:
+        """What the events of fused group ``first`` need besides the data (built once per program
+        and width, at preparation when the width is declared)."""
         key = (first, bits)
-        plan = self.fused_events_plans.get(key)
-        if plan is not None:
-            return plan
-        idx, _ = self.groups[first]
-        mv = [self.instrs[k] for k in idx]
+        if key not in self.fused_events_plans:
+            self.fused_events_plans[key] = self._events_plan(self.groups[first][0], bits, "fast")
+        return self.fused_events_plans[key]
+
+    def _events_plan(self, ks: list[int], bits: int, path: str) -> FusedEventsPlan:
+        """Per crossbar of mvms ``ks``, as arrays, what their events need besides the data."""
+        mv = [self.instrs[k] for k in ks]
         xbs = [self.xbars[int(ins.fields["xbar"])] for ins in mv]
         dacs = [int(ins.fields["dac_bits"]) for ins in mv]
         blocks: dict[tuple[int, bytes], int] = {}  # (dac, row table) -> block: crossbars of a row block share dac_ones
@@ -463,8 +465,8 @@ class Machine:
         colhomes = {}
         for ins, xb in zip(mv, xbs):
             colhomes[int(ins.fields["col0"])] = (self.place[xb.id], xb.cols, _psum_bytes(bits, xb), xb.id)
-        plan = self.fused_events_plans[key] = FusedEventsPlan(
-            ks=list(idx),
+        return FusedEventsPlan(
+            ks=list(ks),
             xbar_ids=[xb.id for xb in xbs],
             adc_bits=[xb.adc_bits for xb in xbs],
             T=np.array([_ceil_div(bits, d) for d in dacs], dtype=np.int64),
@@ -478,8 +480,16 @@ class Machine:
             tile=np.array([self.place[xb.id][1] for xb in xbs], dtype=np.int64),
             place0=self.place[xbs[0].id],
             colhomes=colhomes,
+            path=path,
         )
-        return plan
+
+    def _pend_events(self, key: tuple, plan: FusedEventsPlan, P: int, itemsize: int, src_name: str, ones: np.ndarray) -> None:
+        """Note one execution of a planned set of mvms (P iterations, dac_ones per row block); the
+        arithmetic on the plan's arrays is done once per run, in flush_events."""
+        home = self.homes.get(src_name)
+        if home is None:  # the host loads model inputs where they are first used
+            home = self.homes[src_name] = plan.place0
+        self.fused_pending.setdefault(key, []).append((P, itemsize, home, ones))
 
     def flush_events(self, stats: list[InstrStats]) -> None:
         """Hand the fused groups' accumulated events to their mvm instructions' records (once per
@@ -598,11 +608,7 @@ class Machine:
         ones = np.zeros(plan.n_blocks, dtype=np.int64)  # (a block of no used rows: 0)
         for dac, sel, rows_cat, starts in plan.block_gathers:
             ones[sel] = np.add.reduceat(per_dac[dac][rows_cat], starts)
-        home = self.homes.get(src_name)
-        if home is None:  # the host loads model inputs where they are first used
-            home = self.homes[src_name] = plan.place0
-        # the rest is arithmetic on the plan's arrays: done once per run, in flush_events
-        self.fused_pending.setdefault((first, bits), []).append((P, itemsize, home, ones))
+        self._pend_events((first, bits), plan, P, itemsize, src_name, ones)
         self.colhomes[cols_name] = dict(plan.colhomes)
 
     def _fused_event_rows(self, plan: FusedEventsPlan, P: int, itemsize: int, home: tuple, ones: np.ndarray) -> np.ndarray:
@@ -788,7 +794,7 @@ class Machine:
         res, events = K.mvm(src2d, xb, bits, dac_bits, _need(ins, "order", self.pc), use_fast)
         return self._mvm_post(ins, xb, src2d, bits, dac_bits, use_fast, res, events)
 
-    def _mvm_post(self, ins: Instr, xb, src2d, bits: int, dac_bits: int, use_fast: bool, res, events, written: bool = False):
+    def _mvm_post(self, ins: Instr, xb, src2d, bits: int, dac_bits: int, use_fast: bool, res, events):
         xid = xb.id
         src_name, dst_name = ins.fields["src"], _need(ins, "dst", self.pc)
         col0 = int(_need(ins, "col0", self.pc))
@@ -804,11 +810,10 @@ class Machine:
             self.env[dst_name] = dst
             self.colhomes[dst_name] = {}
         self.vbounds.pop(dst_name, None)  # written in place
-        if not written:  # (a grouped mvm wrote int64 results in place, see _run_mvm_run)
-            lo, hi = D.type_range(dst.dtype)
-            if res.size and (res.min() < lo or res.max() > hi):
-                raise ProgramError(f"mvm on crossbar {xid}: column results overflow buffer {dst_name!r} ({decl.dtype})")
-            dst[:, col0 : col0 + xb.cols] = res
+        lo, hi = D.type_range(dst.dtype)
+        if res.size and (res.min() < lo or res.max() > hi):
+            raise ProgramError(f"mvm on crossbar {xid}: column results overflow buffer {dst_name!r} ({decl.dtype})")
+        dst[:, col0 : col0 + xb.cols] = res
         place = self.place[xid]
         events.update(self._move(src_name, events["buffer_read_bytes"], place))
         if src_name not in self.homes:
@@ -826,33 +831,16 @@ class Machine:
         st.path = extra["path"] if st.path in (None, extra["path"]) else "mixed"
         st.xbar = extra.get("xbar", st.xbar)
 
-    def _group_events(self, ks: list[int], xbs: list, bits: int, T: int, src2d: np.ndarray, dac_ones: int) -> None:
-        """A bit-level crossbar group's mvm events, as _mvm_post would count them one by one: its
-        static arrays built once (a FusedEventsPlan of one row block), each execution appended to
-        the pending events that flush_events hands to the instructions."""
+    def _group_events(self, ks: list[int], bits: int, src2d: np.ndarray, dac_ones: int) -> None:
+        """A bit-level crossbar group's mvm events, as _mvm_post would count them one by one (one
+        row block: one dac_ones), pending until flush_events."""
         key = ("group", tuple(ks), bits)
         plan = self.fused_events_plans.get(key)
         if plan is None:
-            plan = self.fused_events_plans[key] = FusedEventsPlan(
-                ks=list(ks), xbar_ids=[xb.id for xb in xbs], adc_bits=[xb.adc_bits for xb in xbs],
-                T=np.full(len(xbs), T, dtype=np.int64),
-                rows_used=np.array([xb.rows_used for xb in xbs], dtype=np.int64),
-                cols=np.array([xb.cols for xb in xbs], dtype=np.int64),
-                block=np.zeros(len(xbs), dtype=np.intp), n_blocks=1, block_gathers=[], dacs=[],
-                chip=np.array([self.place[xb.id][0] for xb in xbs], dtype=np.int64),
-                tile=np.array([self.place[xb.id][1] for xb in xbs], dtype=np.int64),
-                place0=self.place[xbs[0].id],
-                colhomes={int(self.instrs[k].fields["col0"]): (self.place[xb.id], xb.cols, _psum_bytes(bits, xb), xb.id)
-                          for k, xb in zip(ks, xbs)},
-                path="bit-level",
-            )
+            plan = self.fused_events_plans[key] = self._events_plan(ks, bits, "bit-level")
         f = self.instrs[ks[0]].fields
-        src_name, dst_name = f["src"], f["dst"]
-        home = self.homes.get(src_name)
-        if home is None:  # the host loads model inputs where they are first used
-            home = self.homes[src_name] = plan.place0
-        self.fused_pending.setdefault(key, []).append((src2d.shape[0], src2d.dtype.itemsize, home, np.array([dac_ones], dtype=np.int64)))
-        self.colhomes.setdefault(dst_name, {}).update(plan.colhomes)
+        self._pend_events(key, plan, src2d.shape[0], src2d.dtype.itemsize, f["src"], np.array([dac_ones], dtype=np.int64))
+        self.colhomes.setdefault(f["dst"], {}).update(plan.colhomes)
 
     def _run_mvm_run(self, first: int, stats: list[InstrStats], fast_path: bool) -> int:
         """A run of mvms: the crossbars sharing a row table that take the bit-level path run as one
@@ -907,17 +895,15 @@ class Machine:
                     self.vbounds.pop(dst_name, None)  # written in place
                     view = dst[:, c0 : c0 + int(g.offsets[-1])]
                 res, dac_ones = K.mvm_group(src2d, g, bits, dac_bits, out=view)
-                T = _ceil_div(bits, dac_bits)
                 if view is not None:  # written in place: the group's events as one array (flush_events)
-                    self._group_events(slow, [pre[m][0] for m in slow], bits, T, src2d, dac_ones)
-                    done.update(members)
-                    continue
-                for m, o0, w in zip(slow, g.offsets[:-1], g.widths):
-                    self.pc, self.instr = m, self.instrs[m]
-                    xb = pre[m][0]
-                    events = K.mvm_events(src2d.shape[0], T, xb, dac_ones, src2d.dtype.itemsize)
-                    self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac_bits, False, res[:, o0 : o0 + w], events,
-                                                   written=view is not None), stats)
+                    self._group_events(slow, bits, src2d, dac_ones)
+                else:  # each crossbar's columns stored and counted by _mvm_post
+                    T = _ceil_div(bits, dac_bits)
+                    for m, o0, w in zip(slow, g.offsets[:-1], g.widths):
+                        self.pc, self.instr = m, self.instrs[m]
+                        xb = pre[m][0]
+                        events = K.mvm_events(src2d.shape[0], T, xb, dac_ones, src2d.dtype.itemsize)
+                        self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac_bits, False, res[:, o0 : o0 + w], events), stats)
             done.update(members)
         out = self.env.get(dst_name)
         if fresh and out is not None and out.dtype == np.int64:

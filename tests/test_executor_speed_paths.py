@@ -14,39 +14,11 @@ from types import SimpleNamespace
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from isa_refs import ref_im2col
+from isa_refs import ref_im2col, ref_mvm
 
 from runtime import kernels as K
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def ref_mvm(src: np.ndarray, image: np.ndarray, table: np.ndarray, bits: int, dac: int, cell_bits: int,
-            adc_bits: int, mode: str, order: str) -> tuple[np.ndarray, int]:
-    """spec/isa.md §3.2, one iteration set and one step at a time, int64."""
-    R, C = image.shape
-    P = src.shape[0]
-    T = -(-bits // dac)
-    mask = (1 << dac) - 1
-    x = np.zeros((P, R), dtype=np.int64)
-    for r in range(R):
-        if table[r] >= 0:
-            x[:, r] = src[:, table[r]]
-    s_max = R * ((1 << dac) - 1) * ((1 << cell_bits) - 1)
-    D = max(0, s_max.bit_length() - adc_bits)
-    out = np.zeros((P, C), dtype=np.int64)
-    ones = 0
-    steps = range(T) if order == "lsb" else range(T - 1, -1, -1)
-    for k in steps:
-        d = (x >> (k * dac)) & mask
-        ones += int(np.count_nonzero(d[:, table >= 0]))
-        s = d @ image.astype(np.int64)
-        if mode == "saturate":
-            a = np.minimum(s, (1 << adc_bits) - 1)
-        else:
-            a = (s >> D) << D
-        out += a << (k * dac)
-    return out, ones
 
 
 @st.composite
