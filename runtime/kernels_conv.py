@@ -8,17 +8,16 @@ no other instruction reads the intermediate buffers, is the exact integer comput
 with ``W_eff`` the layer matrix (``kernels.layer_matrix``). It is computed here *channel-major*,
 ``Y^T = W_eff^T @ X^T`` per block of output rows, where ``X^T[k, p]`` is read straight from a
 strided view of the padded input: the im2col matrix, the column results and the int64 sums are
-never materialized, the output lands in NCHW order without a transpose, and the per-channel
-requantization constants broadcast along long rows. Depthwise layers (every output channel reads
-one input channel) are ``kh·kw`` multiply-adds over shifted slices of the padded input's stride
-phases instead of a block-diagonal product.
+never materialized, and the output lands in NCHW order without a transpose. Depthwise layers
+(every output channel reads one input channel) are ``kh·kw`` multiply-adds over shifted slices of
+the padded input's stride phases (``jit.depthwise``) instead of a block-diagonal product.
 
-Exactness is proved once, at preparation (``plan_conv``): the products run in float32 on chunks of
-the K axis whose worst-case partial sums stay below 2^24 (as ``kernels.LayerMatrix``), else in
-float64 below 2^53 (no plan beyond). The requantization runs in float64 where
-``|sum + bias|·mult < 2^53`` holds for every possible input, so ``(sum + bias)·(mult·2^-shift)``
-is an exact float64 and ``rint`` rounds half to even as rne does; where that worst case is not
-proved, each block checks its actual sums and a block beyond it takes the integer path.
+Exactness is proved once, at preparation (``plan_conv``): dense products run in float32 on chunks
+of the K axis whose worst-case partial sums stay below 2^24 (as ``kernels.LayerMatrix``), else in
+float64 below 2^53 (no plan beyond); depthwise sums in int32 or int64 by the same worst case. The
+requantization is integer arithmetic (``jit.requant_rows``), exact where ``|sum + bias|·mult <
+2^63`` holds for every possible input; where that is not proved, each block checks its actual
+sums, and a block beyond it takes the arbitrary-precision path (``kernels.requant``).
 """
 
 from __future__ import annotations
@@ -27,14 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime import jit as JIT
 from runtime.kernels import LayerMatrix, _map, requant
 
-#: elements of one block's float32 input columns (K x block) and of its float64 sums (N x block)
+#: elements of one block's float32 input columns (K x block) and of its sums (N x block)
 XT_BLOCK_ELEMS = 1 << 17
 SUM_BLOCK_ELEMS = 1 << 16
-
-#: padded maps up to this many elements run depthwise as one flat array per block (kernels_conv.run_conv)
-SMALL_MAP = 1024
 
 
 @dataclass
@@ -50,18 +47,17 @@ class ConvPlan:
     N: int
     chunks: list[tuple[int, int, np.ndarray]] | None  # dense: (k0, k1, W_eff^T[:, k0:k1] float32)
     wt64: np.ndarray | None  # dense, when float32 chunks cannot be exact: W_eff^T float64
-    dw: np.ndarray | None  # depthwise: [N, kh·kw] coefficients (float32, or float64 when needed)
+    #: depthwise: [N, kh·kw] integer coefficients, int32 where every partial sum fits it, else int64
+    dw: np.ndarray | None
     #: float32, single chunk, |sum| + |bias| < 2^24: [N, K + 1] with the bias as its last column
     biased: np.ndarray | None
-    scale: np.ndarray  # [N, 1] float64 mult·2^-shift (exact)
-    bscaled: np.ndarray  # [N, 1] float64 bias·mult·2^-shift (exact)
+    ints: tuple[np.ndarray, np.ndarray, np.ndarray]  # bias, mult, shift as int64 [N]
     zp: int
     lo: int
     hi: int
-    #: the worst case |sum + bias|·mult reaches 2^53: each block checks its actual sums (max |bias|, max |mult|)
+    #: the worst case |sum + bias|·mult reaches 2^63: each block checks its actual sums (max |bias|, max |mult|)
     check: tuple[int, int] | None
-    ints: tuple[np.ndarray, np.ndarray, np.ndarray]  # bias, mult, shift as int64 [N] (the integer path)
-    selections: dict = field(default_factory=dict)  # per input shape: ones_per_column's selections, dw coefficients
+    cache: dict = field(default_factory=dict)  # per input shape: the stride-phase taps, ones_per_column's selections
 
 
 def _depthwise_coefs(Wm: np.ndarray, C: int, kk: int) -> np.ndarray | None:
@@ -84,24 +80,22 @@ def plan_conv(lm: LayerMatrix, bits: int, kernel, stride, pad, dilation, pad_val
     kh, kw = (int(k) for k in kernel)
     if K != C * kh * kw or bits < 1:
         return None
-    bias, mult, shift = (np.broadcast_to(np.asarray(v, dtype=np.int64).reshape(-1), (N,)) for v in (bias, mult, shift))
+    bias, mult, shift = (np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=np.int64).reshape(-1), (N,)))
+                         for v in (bias, mult, shift))
     if N and (int(shift.min()) < 0 or int(shift.max()) > 62):
         return None
-    # |sum| <= (2^bits − 1)·max_n Σ_k |W[k, n]|; requantization exact in float64 below 2^53
+    if not (-(1 << 63) <= lo <= hi < (1 << 63)):
+        return None
+    # |sum| <= (2^bits − 1)·max_n Σ_k |W[k, n]|; the integer requantization is exact below 2^63
     vmax = ((1 << bits) - 1) * lm.colsum
     bmax = vmax + (int(np.abs(bias).max()) if N else 0)
     mmax = int(np.abs(mult).max()) if N else 0
-    if lo < -(1 << 53) or hi >= (1 << 53):
-        return None
-    scale = np.ldexp(mult.astype(np.float64), -shift).reshape(N, 1)
-    bscaled = (bias.astype(np.float64) * scale[:, 0]).reshape(N, 1)  # bias·mult < 2^53: exact
     chunks = wt64 = dw = biased = None
-    exact = bmax * mmax < (1 << 53)  # every (sum + bias)·mult below 2^53, whatever the input
     coefs = _depthwise_coefs(Wm, C, kh * kw)
     if coefs is not None:
-        if vmax >= (1 << 53):
+        if vmax >= (1 << 63):
             return None
-        dw = coefs.astype(np.float32 if vmax < (1 << 24) else np.float64)
+        dw = np.ascontiguousarray(coefs, dtype=np.int32 if vmax < (1 << 31) else np.int64)
     else:
         plan = lm.plan(bits)
         if plan is None:
@@ -115,8 +109,8 @@ def plan_conv(lm: LayerMatrix, bits: int, kernel, stride, pad, dilation, pad_val
     return ConvPlan(
         kernel=(kh, kw), stride=tuple(int(s) for s in stride), pad=tuple(int(p) for p in pad),
         dilation=tuple(int(d) for d in dilation), pad_value=int(pad_value), C=C, N=N,
-        chunks=chunks, wt64=wt64, dw=dw, biased=biased, scale=scale, bscaled=bscaled, zp=int(zp), lo=int(lo), hi=int(hi),
-        check=None if exact else (bmax - vmax, mmax), ints=(bias, mult, shift),
+        chunks=chunks, wt64=wt64, dw=dw, biased=biased, ints=(bias, mult, shift), zp=int(zp), lo=int(lo), hi=int(hi),
+        check=None if bmax * mmax < (1 << 63) else (bmax - vmax, mmax),
     )
 
 
@@ -148,56 +142,52 @@ def _window(xp: np.ndarray, plan: ConvPlan, Ho: int, Wo: int) -> np.ndarray:
                                            strides=(sB, sC, sH * dh, sW * dw, sH * sh, sW * sw), writeable=False)
 
 
-def _finish(t: np.ndarray, plan: ConvPlan, out: np.ndarray, cols: int | None = None) -> None:
-    """out = clamp(rint(t) + zp) for exact float64 t = (sum + bias)·mult / 2^shift (t is consumed);
-    ``cols``: only the first ``cols`` of t's last axis go to out."""
-    flat = t.reshape(-1) if t.flags.c_contiguous else t
-    np.rint(flat, out=flat)  # half to even, as rne
-    if plan.zp:
-        flat += plan.zp
-    if cols is not None:
-        t = t[..., :cols]
-    np.clip(t, plan.lo, plan.hi, out=out, casting="unsafe")  # integers within out's type (checked by the caller)
+def _phases(xp: np.ndarray, plan: ConvPlan, Ho: int, Wo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The padded input split into its sh x sw stride phases (rows ≡ p mod sh, columns ≡ q mod sw),
+    each flattened with grid width Wq: [B, C, sh·sw, Hq·Wq]. Output (ho, wo) sits at grid position
+    ho·Wq + wo, and kernel tap (i, j) reads phase ((i·dh) mod sh, (j·dw) mod sw) there plus
+    ⌊i·dh/sh⌋·Wq + ⌊j·dw/sw⌋: so each tap is ONE contiguous run of a phase (grid columns past Wo
+    are computed and dropped). Returns (phases, tap phase, tap offset, Wq)."""
+    (kh, kw), (sh, sw), (dh, dw) = plan.kernel, plan.stride, plan.dilation
+    B, C, Hp, Wp = xp.shape
+    if sh == sw == 1:
+        ph, Hq, Wq = np.ascontiguousarray(xp).reshape(B, C, 1, Hp * Wp), Hp, Wp
+    else:
+        Hq, Wq = -(-Hp // sh), -(-Wp // sw)
+        ph = np.zeros((B, C, sh * sw, Hq * Wq), dtype=xp.dtype)
+        grid = ph.reshape(B, C, sh, sw, Hq, Wq)
+        for p in range(sh):
+            for q in range(sw):
+                part = xp[:, :, p::sh, q::sw]
+                grid[:, :, p, q, : part.shape[2], : part.shape[3]] = part
+    taps = plan.cache.get(("taps", Wq))
+    if taps is None:
+        tp = np.array([((i * dh) % sh) * sw + (j * dw) % sw for i in range(kh) for j in range(kw)], dtype=np.int64)
+        to = np.array([(i * dh // sh) * Wq + (j * dw // sw) for i in range(kh) for j in range(kw)], dtype=np.int64)
+        # every tap's run of (Ho − 1)·Wq + Wo stays inside its phase (jit reads it unchecked)
+        assert int(to.max()) + (Ho - 1) * Wq + Wo <= Hq * Wq
+        taps = plan.cache[("taps", Wq)] = (tp, to)
+    return ph, *taps, Wq
 
 
-def _requant_rows(acc: np.ndarray, plan: ConvPlan, n0: int, n1: int, out: np.ndarray, biased: bool = False,
-                  cols: int | None = None) -> None:
-    """out (integer [n, ...]) = clamp(rint(acc·scale + bias·scale) + zp): exact (see plan_conv);
-    ``biased``: acc already includes the bias; ``cols``: only the first ``cols`` of acc's last
-    axis are results. Where the worst case was not provably exact, the block's actual sums are
-    checked, and the rare block beyond float64 takes the integer path."""
-    if cols is not None and plan.check is not None:
-        acc = acc[..., :cols]  # (the dropped columns may hold anything)
-        cols = None
+def _requant(acc: np.ndarray, plan: ConvPlan, n0: int, n1: int, dst: np.ndarray, biased: bool = False) -> None:
+    """dst [n, b, h, Wo] (integer) = clamp(rne((acc + bias)·mult / 2^shift) + zp) for channels n0..n1
+    from ``acc`` [n, b, h, Wa >= Wo], exact integer sums of any type; ``biased``: acc already holds
+    the bias. Where the worst case was not proved below 2^63, the block's actual sums are checked,
+    and the rare block beyond it takes the arbitrary-precision path."""
+    bias, mult, shift = (v[n0:n1] for v in plan.ints)
+    if biased:
+        bias = np.zeros_like(bias)
     if plan.check is not None:
         bias_max, mmax = plan.check
-        amax = max(float(acc.max()), -float(acc.min())) if acc.size else 0.0
-        if (int(amax) + bias_max) * mmax >= (1 << 53):
-            bias, mult, shift = (v[n0:n1] for v in plan.ints)
-            if biased:  # (acc already holds it)
-                bias = np.zeros_like(bias)
-            flat = acc.reshape(n1 - n0, -1)
-            y = requant(flat.T.astype(np.int64), bias, mult, shift, plan.zp, plan.lo, plan.hi, channel_major=True, out_dtype=out.dtype)
-            out[...] = y.reshape(out.shape)
+        a = acc[..., : dst.shape[3]]
+        amax = max(float(a.max()), -float(a.min())) if a.size else 0.0
+        if (int(amax) + bias_max) * mmax >= (1 << 63):
+            flat = np.ascontiguousarray(a, dtype=np.int64).reshape(n1 - n0, -1)
+            y = requant(flat.T, bias, mult, shift, plan.zp, plan.lo, plan.hi, channel_major=True, out_dtype=dst.dtype)
+            dst[...] = y.reshape(dst.shape)
             return
-    shape = acc.shape
-    if acc.flags.c_contiguous:  # one long row per channel: numpy's inner loops run the whole row
-        acc = acc.reshape(shape[0], -1)
-    col = (-1,) + (1,) * (acc.ndim - 1)
-    t = np.multiply(acc, plan.scale[n0:n1].reshape(col), dtype=np.float64)
-    if not biased:
-        t += plan.bscaled[n0:n1].reshape(col)
-    _finish(t.reshape(shape), plan, out, cols)
-
-
-def _expanded_coefs(plan: ConvPlan, c0: int, c1: int, per_channel: int) -> list[np.ndarray]:
-    """Per kernel offset, channels c0..c1's depthwise coefficients each repeated ``per_channel``
-    times (a flat block's multipliers); built once per block shape and kept on the plan."""
-    key = ("dw", c0, c1, per_channel)
-    got = plan.selections.get(key)
-    if got is None:
-        got = plan.selections[key] = [np.repeat(plan.dw[c0:c1, kk], per_channel) for kk in range(plan.dw.shape[1])]
-    return got
+    JIT.requant_rows(acc, bias, mult, shift, plan.zp, plan.lo, plan.hi, dst)
 
 
 def _blocks(B: int, n: int, per_image: int, inner: int, target: int) -> list[tuple[int, int, int, int]]:
@@ -217,58 +207,19 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
     N, (kh, kw) = plan.N, plan.kernel
     out = np.empty((B, N, Ho, Wo), dtype=out_dtype)
     xp = padded_input(src, plan)
-    # the requantized block [N', b, rows, Wo] lands in the output [b, N', rows, Wo] in place
     if plan.dw is not None:  # blocks of channels (output channel c reads input channel c)
-        Hp, Wp = xp.shape[2:]
-        (sh, sw), (dh, dwl) = plan.stride, plan.dilation
-        # equal strides s: the padded input split into its s x s phases (rows ≡ p, columns ≡ q
-        # mod s), each flattened with grid width Wq; output (h, w) at grid position h·Wq + w reads,
-        # for kernel offset (i, j), phase ((i·dh) mod s, (j·dw) mod s) at that position plus
-        # ⌊i·dh/s⌋·Wq + ⌊j·dw/s⌋. So each offset is ONE contiguous slice of a phase, not Ho short
-        # (strided) rows; grid columns past Wo (and rows past Ho) are computed and dropped
-        poly = sh == sw
-        s_ = sh
-        Hq, Wq = -(-Hp // s_), -(-Wp // s_)
-        taps = [((i * dh) % s_, (j * dwl) % s_, (i * dh // s_) * Wq + (j * dwl // s_)) for i in range(kh) for j in range(kw)]
-        tail = max(t[2] for t in taps)
-        row = Hq * Wq + tail  # one (channel, image) of a phase, with room for the largest shift
-        # small maps: a block's channels and images as one flat run per phase (the junk between
-        # them computed and dropped too), each offset's coefficients expanded to it (cached)
-        across = poly and Hq * Wq <= SMALL_MAP
+        ph, tp, to, Wq = _phases(xp, plan, Ho, Wo)
 
         def dw_block(item) -> None:
             b0, b1, c0, c1 = item
-            nc, nb = c1 - c0, b1 - b0
-            ft = plan.dw.dtype
-            dst = out[b0:b1, c0:c1].transpose(1, 0, 2, 3)  # [c, b, Ho, Wo]
-            if not poly:  # unequal strides: shifted windows of the padded block
-                wf = _window(xp[b0:b1, c0:c1].astype(ft), plan, Ho, Wo)
-                views = [wf[:, :, i, j].transpose(1, 0, 2, 3) for i in range(kh) for j in range(kw)]
-                coefs = [plan.dw[c0:c1, kk, None, None, None] for kk in range(kh * kw)]
+            dst, part, coef = out[b0:b1, c0:c1], ph[b0:b1, c0:c1], plan.dw[c0:c1]
+            if plan.check is None:
+                bias, mult, shift = (v[c0:c1] for v in plan.ints)
+                JIT.depthwise(part, tp, to, coef, bias, mult, shift, plan.zp, plan.lo, plan.hi, Wq, dst)
             else:
-                n = nc * nb * row
-                buf = np.zeros(s_ * s_ * n + tail, dtype=ft)  # converted once
-                for p in range(s_):
-                    for q in range(s_):
-                        part = xp[b0:b1, c0:c1, p::s_, q::s_].transpose(1, 0, 2, 3)
-                        grid = buf[(p * s_ + q) * n : (p * s_ + q + 1) * n].reshape(nc, nb, row)[:, :, : Hq * Wq]
-                        grid.reshape(nc, nb, Hq, Wq)[:, :, : part.shape[2], : part.shape[3]] = part
-                if across:
-                    views = [buf[(p * s_ + q) * n + o : (p * s_ + q + 1) * n + o] for p, q, o in taps]
-                    coefs = _expanded_coefs(plan, c0, c1, nb * row)
-                else:
-                    views = [buf[(p * s_ + q) * n : (p * s_ + q + 1) * n].reshape(nc, nb, row)[:, :, o : o + Ho * Wq] for p, q, o in taps]
-                    coefs = [plan.dw[c0:c1, kk, None, None] for kk in range(kh * kw)]
-            acc = np.multiply(views[0], coefs[0])
-            tmp = np.empty_like(acc)
-            for view, coef in zip(views[1:], coefs[1:]):  # per kernel offset: one multiply-add over the block
-                np.multiply(view, coef, out=tmp)
-                acc += tmp
-            if poly:
-                if across:
-                    acc = np.ascontiguousarray(acc.reshape(nc, nb, row)[:, :, : Ho * Wq])
-                acc = acc.reshape(nc, nb, Ho, Wq)
-            _requant_rows(acc, plan, c0, c1, dst, cols=Wo if poly else None)
+                sums = np.empty(dst.shape, dtype=np.int64)
+                JIT.depthwise_sums(part, tp, to, coef, Wq, sums)
+                _requant(sums.transpose(1, 0, 2, 3), plan, c0, c1, dst.transpose(1, 0, 2, 3))
 
         _map(dw_block, _blocks(B, C, C * Ho * Wo, Ho * Wo, SUM_BLOCK_ELEMS))
         return out
@@ -288,7 +239,6 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
         if ones_row:
             buf[K * nb * nh * Wo :] = 1
         xt = buf.reshape(K + ones_row, -1)
-        dst = out[b0:b1, :, h0:h1].transpose(1, 0, 2, 3)
         if plan.biased is not None:
             acc = plan.biased @ xt
         elif plan.chunks is None:
@@ -300,10 +250,23 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
             for k0, k1, wt in plan.chunks:
                 part = wt @ xt[k0:k1]
                 acc = part.astype(np.float64) if acc is None else np.add(acc, part, out=acc)
-        _requant_rows(acc.reshape(dst.shape), plan, 0, N, dst, biased=plan.biased is not None)
+        _requant(acc.reshape(N, nb, nh, Wo), plan, 0, N, out[b0:b1, :, h0:h1].transpose(1, 0, 2, 3), biased=ones_row)
 
     _map(dense_block, _blocks(B, Ho, Ho * Wo, Wo, target))
     return out
+
+
+def warm_up(plan: ConvPlan, src_dtype, out_dtype, done: set) -> None:
+    """Run ``plan`` once on a smallest input, so that numba compiles the kernels it calls for these
+    operand types (or loads them from its cache) before a run is timed; ``done``: the kinds warmed."""
+    kind = (plan.dw.dtype.str if plan.dw is not None else plan.wt64 is None, plan.biased is None,
+            plan.check is None, np.dtype(src_dtype).str, np.dtype(out_dtype).str)
+    if kind in done:
+        return
+    done.add(kind)
+    (kh, kw), (pt, pl, pb, pr), (dh, dw) = plan.kernel, plan.pad, plan.dilation
+    h, w = max(1, dh * (kh - 1) + 1 - pt - pb), max(1, dw * (kw - 1) + 1 - pl - pr)
+    run_conv(np.zeros((1, plan.C, h, w), dtype=src_dtype), plan, out_dtype)
 
 
 def _selection(n_in: int, lead: int, k: int, dil: int, stride: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -342,9 +305,9 @@ def ones_per_column(src: np.ndarray, plan: ConvPlan, table: np.ndarray | None) -
             ones = np.bitwise_count(flat) if table is None else np.take(table, flat)
         return ones.sum(axis=(0, 2), dtype=np.int64)
     ones = np.bitwise_count(src) if table is None else np.take(table, src)
-    sel = plan.selections.get((H, W))
+    sel = plan.cache.get((H, W))
     if sel is None:
-        sel = plan.selections[(H, W)] = (*_selection(W, pl, kw, dw, sw, Wo), *_selection(H, pt, kh, dh, sh, Ho))
+        sel = plan.cache[(H, W)] = (*_selection(W, pl, kw, dw, sw, Wo), *_selection(H, pt, kh, dh, sh, Ho))
     csel, cpad, rsel, rpad = sel
     # [B·C·H, W] @ [W, kw]: every sum at most (max count)·W, exact in float32
     a = (ones.reshape(-1, W).astype(np.float32) @ csel).reshape(B, C, H, kw).sum(axis=0, dtype=np.float64)

@@ -2,7 +2,8 @@
 spec/isa.md: im2col (§3.1), an exact integer product, requant (§3.4) in Python integers, and
 ``dac_ones`` (§3.2) as the popcount of the im2col matrix — over random geometry, widths and
 requantization constants, including the cases that take the rarer branches (K-chunked float32
-products, float64 products, per-block checked requantization and its integer fallback, depthwise).
+products, float64 products, per-block checked requantization and its arbitrary-precision fallback, int32 and int64
+depthwise sums).
 Whole programs: the fused layers give the outputs and counters of the bit-level path."""
 
 from __future__ import annotations
@@ -81,42 +82,50 @@ def _case(case):
 
 
 @SETTINGS
-@given(layers())
-def test_run_conv_equals_im2col_product_and_requant(case):
+@given(layers(), st.sampled_from([(np.uint8, 0, 255), (np.int8, -128, 127), (np.int32, -(2**31), 2**31 - 1)]),
+       st.booleans())
+def test_run_conv_equals_im2col_product_and_requant(case, out_type, no_shift):
     src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
+    dtype, lo, hi = out_type
+    if no_shift:  # shift 0: nothing rounded away
+        shift = np.zeros_like(shift)
     C, N = src.shape[1], Wm.shape[1]
     lm = K.LayerMatrix(Wm, bits)
-    plan = KC.plan_conv(lm, bits, kernel, stride, pad, dil, pv, C, bias, mult, shift, zp, 0, 255)
+    plan = KC.plan_conv(lm, bits, kernel, stride, pad, dil, pv, C, bias, mult, shift, zp, lo, hi)
     cols, (Ho, Wo) = _im2col(src.astype(np.int64), kernel, stride, pad, dil, pv)
     acc = cols @ Wm
-    ref = _requant_ref(acc, bias, mult, shift, zp, 0, 255)
+    ref = _requant_ref(acc, bias, mult, shift, zp, lo, hi)
     if plan is None:  # only when no float product can be exact
         assert ((1 << bits) - 1) * int(np.abs(Wm).sum(axis=0).max()) >= 1 << 53
         return
-    got = KC.run_conv(src, plan, np.uint8)
+    got = KC.run_conv(src, plan, dtype)
     assert got.shape == (src.shape[0], N, Ho, Wo)
     np.testing.assert_array_equal(got.transpose(0, 2, 3, 1).reshape(-1, N), ref)
 
 
-def test_run_conv_covers_each_product_and_requantization_form():
-    """Every branch of plan_conv/run_conv is taken by some layer (and is exact)."""
+def test_run_conv_covers_each_product_and_requantization_form(monkeypatch):
+    """Every branch of plan_conv/run_conv is taken by some layer (and is exact), the
+    arbitrary-precision requantization of blocks beyond int64 included."""
     forms = set()
+    beyond = []
+    monkeypatch.setattr(KC, "requant", lambda *a, **k: beyond.append(1) or K.requant(*a, **k))
     rng = np.random.default_rng(7)
     for wmax, big_mult, dw in [(3, False, False), (127, True, False), (2**15, False, False), (2**22, False, False),
-                               (127, False, True), (2**22, True, True)]:
+                               (2**22, True, False), (127, False, True), (2**22, False, True), (2**22, True, True)]:
         case = (2, 4, 4, 7, 6, (3, 3), (1, 2), (1, 0, 1, 2), (1, 1), 8, wmax, big_mult, dw, int(rng.integers(1 << 30)))
         src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
         lm = K.LayerMatrix(Wm, bits)
         plan = KC.plan_conv(lm, bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, 0, 255)
-        forms.add("depthwise" if plan.dw is not None else "biased" if plan.biased is not None
+        forms.add(f"depthwise-{plan.dw.dtype}" if plan.dw is not None else "biased" if plan.biased is not None
                   else "float64" if plan.wt64 is not None else f"{len(plan.chunks)}-chunk")
         forms.add("checked" if plan.check is not None else "proved")
         cols, _ = _im2col(src.astype(np.int64), kernel, stride, pad, dil, pv)
         ref = _requant_ref(cols @ Wm, bias, mult, shift, zp, 0, 255)
         got = KC.run_conv(src, plan, np.uint8)
         np.testing.assert_array_equal(got.transpose(0, 2, 3, 1).reshape(-1, Wm.shape[1]), ref)
-    assert {"depthwise", "biased", "float64", "checked", "proved"} <= forms
+    assert {"depthwise-int32", "depthwise-int64", "biased", "float64", "checked", "proved"} <= forms
     assert any(f.endswith("-chunk") and f != "1-chunk" for f in forms)
+    assert beyond  # some block's sums times mult passed 2^63
 
 
 @SETTINGS
@@ -157,13 +166,11 @@ def test_example_runs_its_conv_layers_fused_with_bit_level_outputs_and_counters(
 
 
 @pytest.mark.parametrize("stride,dil", [((1, 1), (1, 1)), ((2, 2), (1, 1)), ((2, 2), (2, 2)), ((3, 3), (1, 2)), ((1, 2), (1, 1))])
-def test_depthwise_on_maps_too_large_for_one_flat_run(stride, dil):
-    """Large maps take the per-channel-row polyphase (or, for unequal strides, the window) path."""
+def test_depthwise_on_large_maps_and_every_stride_phase(stride, dil):
+    """Large maps, equal and unequal strides, dilation: every tap's run within its stride phase."""
     rng = np.random.default_rng(sum(stride) + 10 * sum(dil))
     case = (2, 3, 3, 100, 97, (3, 3), stride, (1, 2, 0, 1), dil, 8, 127, False, True, int(rng.integers(1 << 30)))
     src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
-    Hp, Wp = src.shape[2] + pad[0] + pad[2], src.shape[3] + pad[1] + pad[3]
-    assert -(-Hp // stride[0]) * -(-Wp // stride[0]) > KC.SMALL_MAP or stride[0] != stride[1]
     plan = KC.plan_conv(K.LayerMatrix(Wm, bits), bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, 0, 255)
     assert plan.dw is not None
     cols, _ = _im2col(src.astype(np.int64), kernel, stride, pad, dil, pv)
