@@ -1,11 +1,14 @@
 """The simulator's compiled inner loops (numba), for the steps that NumPy can only do as several
-whole-array passes: a depthwise layer's multiply-adds with its requantization, and the integer
-requantization of a fused layer's sums.
+whole-array passes: on the fused fast path, a depthwise layer's multiply-adds with its
+requantization and the integer requantization of a dense layer's sums; on the bit-level path, the
+bit-planes of a crossbar group's inputs, the byte-wise ADC and shift-and-add of its packed
+product, and the shiftadd of the compiler's column runs. The products themselves stay BLAS.
 
-Every kernel here is exact integer arithmetic by construction; the caller proves the bounds
-that make it so (``kernels_conv.plan_conv``): the accumulator's type holds every partial sum,
-and ``|sum + bias|·mult < 2^63``. Kernels release the GIL, so the runtime's worker threads run
-them side by side, and are cached on disk after their first compilation.
+Every kernel here is exact integer arithmetic; the caller proves the bounds that make it so
+(``kernels_conv.plan_conv``, ``kernels._byte_plan``, ``ShiftaddPlan.exact_for``): the
+accumulator's type holds every partial sum, and ``|sum + bias|·mult < 2^63``. Kernels release
+the GIL, so the runtime's worker threads run them side by side, and are cached on disk after
+their first compilation.
 
 Loops read their operands through slices indexed by the loop variable, never ``a[o + k]`` with
 a computed offset: only then can LLVM prove the index in range and vectorize the loop.
@@ -89,3 +92,74 @@ def depthwise_sums(ph, tp, to, coef, Wq, sums):
                 dst = sums[b, c, ho]
                 for wo in range(Wo):
                     dst[wo] = row[wo]
+
+
+@njit(**_JIT)
+def bit_planes(x, T, v, planes):
+    """planes[t, i, r] = the DAC digit (x[i, r] >> (T − 1 − t)·v) & (2^v − 1), most significant
+    step first, as float32 for the crossbar product; returns how many digits are non-zero."""
+    P, R = x.shape
+    mask = (1 << v) - 1
+    ones = 0
+    for t in range(T):
+        sh = (T - 1 - t) * v
+        for i in range(P):
+            row = x[i]
+            dst = planes[t, i]
+            n = 0
+            for r in range(R):
+                d = (np.int64(row[r]) >> sh) & mask
+                dst[r] = d
+                n += d != 0
+            ones += n
+    return ones
+
+
+@njit(**_JIT)
+def adc_shiftadd_bytes(S, thr, keep, v, Wp, w0, out):
+    """The ADC and shift-and-add of a byte-packed crossbar product (kernels._mvm_group_bytes):
+    ``S`` [T, P, Wq] float32 exact integers whose byte j of word w holds one read's sum of column
+    j·Wp + w0 + w, most significant step first. Per byte: min with ``thr`` [3, Wq] (saturate) and
+    ``& keep`` [3, Wq] (drop-lsb) (255: no effect), then acc = acc·2^v + byte over the steps; the
+    column results go to ``out`` [P, C] (int64) at their columns below C."""
+    T, P, Wq = S.shape
+    C = out.shape[1]
+    acc = np.empty((3, Wq), dtype=np.int64)
+    n = np.empty(3, dtype=np.int64)  # columns of each byte inside out
+    for j in range(3):
+        n[j] = max(0, min(Wq, C - (j * Wp + w0)))
+    t0, t1, t2 = thr[0], thr[1], thr[2]
+    k0, k1, k2 = keep[0], keep[1], keep[2]
+    for i in range(P):
+        a0, a1, a2 = acc[0], acc[1], acc[2]
+        a0[:] = 0
+        a1[:] = 0
+        a2[:] = 0
+        for t in range(T):
+            row = S[t, i]
+            for w in range(Wq):
+                word = np.int64(row[w])
+                a0[w] = (a0[w] << v) + (min(word & 255, t0[w]) & k0[w])
+                a1[w] = (a1[w] << v) + (min((word >> 8) & 255, t1[w]) & k1[w])
+                a2[w] = (a2[w] << v) + (min((word >> 16) & 255, t2[w]) & k2[w])
+        for j in range(3):
+            c0 = j * Wp + w0
+            dst = out[i, c0 : c0 + n[j]]
+            src = acc[j]
+            for w in range(n[j]):
+                dst[w] = src[w]
+
+
+@njit(**_JIT)
+def shiftadd_run(src, a, cf, acc):
+    """acc[p, n] += Σ_d cf[n, d]·src[p, a + n·D + d]: one run of the compiler's column layout
+    (outputs 0..N−1, each with D consecutive columns) shift-added (kernels.ShiftaddPlan)."""
+    N, D = cf.shape
+    for p in range(src.shape[0]):
+        row = src[p, a : a + N * D]
+        dst = acc[p]
+        for n in range(N):
+            s = dst[n]
+            for d in range(D):
+                s += row[n * D + d] * cf[n, d]
+            dst[n] = s

@@ -8,6 +8,7 @@ iterations (to bound the size of the bit-plane matrix).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -252,14 +253,37 @@ def _workers() -> int:
     return max(1, int(WORKERS))
 
 
+_BLAS_CONTROLLER: list = []  # the threadpoolctl controller, found once (finding the libraries is slow)
+
+
+def _blas_one_thread():
+    """A context limiting BLAS to one thread, when threadpoolctl finds it: the worker threads are
+    the parallelism then, and a multi-threaded BLAS under each of them would spin on shared cores."""
+    try:
+        if not _BLAS_CONTROLLER:
+            from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+
+            _BLAS_CONTROLLER.append(ThreadpoolController())
+        return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
+    except Exception:  # noqa: BLE001 - no threadpoolctl, or an unusual BLAS setup: run as is
+        return contextlib.nullcontext()
+
+
 def _map(fn, items: list) -> list:
-    """fn over items, on a small thread pool when there is more than one item (results in order)."""
+    """fn over items, on a small thread pool when there is more than one item (results in order),
+    BLAS on one thread meanwhile; outside it, BLAS keeps its own threads (one product is then
+    the parallel unit, as on the fused fast-path layers)."""
     global _POOL
     if len(items) <= 1 or _workers() == 1:
         return [fn(it) for it in items]
     if _POOL is None or _POOL._max_workers != _workers():
         _POOL = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="pimc-runtime")
-    return list(_POOL.map(fn, items))
+    with _blas_one_thread():
+        return list(_POOL.map(fn, items))
+
+
+#: the compiled bit-level loops already run once in this process (see XbarGroup.prepare)
+_WARM: set[str] = set()
 
 
 class XbarGroup:
@@ -282,9 +306,17 @@ class XbarGroup:
         self._bp: dict[tuple[int, int], _BytePlan | None] = {}
 
     def prepare(self, bits: int, dac_bits: int) -> None:
-        """Build the float cells the grouped product of these widths uses."""
-        if bits >= 1 and dac_bits >= 1 and self.byte_plan(bits, dac_bits) is None:
+        """Build the float cells the grouped product of these widths uses (for the byte-packed
+        product: run it once on one zero input, so its compiled loops are ready before a run)."""
+        if bits < 1 or dac_bits < 1:
+            return
+        plan = self.byte_plan(bits, dac_bits)
+        if plan is None:
             self.cells_as(_pack_params(self.max_col_sum, bits, dac_bits)[2])
+        elif "bytes" not in _WARM:
+            _WARM.add("bytes")
+            x = np.zeros((1, int(self.row_idx.max()) + 1 if self.row_idx.size else 1), dtype=np.uint8)
+            _mvm_group_bytes(x, self, plan, bits, dac_bits, np.zeros((1, int(self.offsets[-1])), dtype=np.int64))
 
     def cells_as(self, dtype) -> np.ndarray:
         key = np.dtype(dtype).str
@@ -294,7 +326,7 @@ class XbarGroup:
 
     def byte_plan(self, bits: int, dac_bits: int) -> _BytePlan | None:
         """The byte-packed product's plan for these widths (built once), or None when one read's
-        column sum can reach 2^8 or the shift-and-added results 2^16 (see ``_mvm_group_bytes``)."""
+        column sum can reach 2^8 (see ``_mvm_group_bytes``)."""
         key = (bits, dac_bits)
         if key not in self._bp:
             self._bp[key] = _byte_plan(self, bits, dac_bits)
@@ -330,144 +362,54 @@ class _BytePlan:
 
     words: int  # Wp = ⌈C/3⌉: word w packs columns w, Wp + w and 2·Wp + w
     cells: np.ndarray  # [R, Wp] float32 Σ_j 2^(8j)·X[r, j·Wp + w]
-    thr: np.ndarray | None  # [4·Wp] uint8 saturation threshold per byte (None: no column saturates)
-    keep: np.ndarray | None  # [4·Wp] uint8 kept-bit mask per byte (None: no column drops bits)
-    m: int  # bit-steps combined in one byte before the shift-and-add unpacks it
+    thr: np.ndarray  # [3, Wp] int64: byte j of word w saturates at thr[j, w] (255: never)
+    keep: np.ndarray  # [3, Wp] int64: byte j of word w keeps the bits keep[j, w] (255: all)
 
 
 def _byte_plan(g: XbarGroup, bits: int, dac_bits: int) -> _BytePlan | None:
-    """Plan of the byte-packed product, or None if one read's column sum can reach 2^8 (it would not
-    fit its byte) or a shift-and-added column result 65281 (its 16-bit lane, and the sum
-    col + 2^8·col' + 2^16·col'' of three below 2^32)."""
+    """Plan of the byte-packed product, or None if one read's column sum can reach 2^8 (it would
+    not fit its byte)."""
     if bits < 1 or dac_bits < 1 or not g.rows_used:
         return None
-    T = -(-bits // dac_bits)
     mask = (1 << dac_bits) - 1
-    if mask * g.max_col_sum > 255:
+    if mask * g.max_col_sum > 255 or 8 + -(-bits // dac_bits) * dac_bits > 62:  # (column results in int64)
         return None
     C = int(g.offsets[-1])
     Wp = max(1, -(-C // 3))
-    thr = np.zeros((4, Wp), dtype=np.uint8)  # byte j of word w: column j·Wp + w (byte 3 is always 0)
-    keep = np.zeros((4, Wp), dtype=np.uint8)
-    tcol = thr[:3].reshape(-1)
-    kcol = keep[:3].reshape(-1)
-    tcol[:] = 255
-    kcol[:] = 255
-    any_sat = any_drop = False
-    tmax = 0  # largest ADC output of any column
+    thr = np.full((3, Wp), 255, dtype=np.int64)  # byte j of word w: column j·Wp + w
+    keep = np.full((3, Wp), 255, dtype=np.int64)
+    tcol, kcol = thr.reshape(-1), keep.reshape(-1)
     for xb, o0, w in zip(g.xbs, g.offsets[:-1], g.widths):  # per crossbar
-        raw = mask * xb.max_col_sum  # its largest column sum of one read (< 2^8)
         if xb.adc_mode == "saturate":
-            top = (1 << xb.adc_bits) - 1
-            if top < raw:
-                tcol[o0 : o0 + w] = top
-                any_sat = True
-            tmax = max(tmax, min(top, raw))
+            tcol[o0 : o0 + w] = min(255, (1 << xb.adc_bits) - 1)
         else:
-            d = xb.drop_bits(dac_bits)
-            k = ~((1 << d) - 1) & 0xFF
-            if k != 0xFF:
-                kcol[o0 : o0 + w] = k
-                any_drop = True
-            tmax = max(tmax, raw & k)
-    if tmax * ((1 << (T * dac_bits)) - 1) * 0x10101 >= (1 << 32):  # the Horner words stay below 2^32
-        return None
-    m = 1
-    while m < T and tmax * ((1 << ((m + 1) * dac_bits)) - 1) <= 255:
-        m += 1
+            kcol[o0 : o0 + w] = ~((1 << xb.drop_bits(dac_bits)) - 1) & 0xFF
     cp = np.zeros((g.rows_used, 3 * Wp), dtype=np.float32)
     cp[:, :C] = g.cells
     packed = cp[:, :Wp] + 256 * cp[:, Wp : 2 * Wp] + 65536 * cp[:, 2 * Wp :]  # exact: < 2^24
-    return _BytePlan(Wp, np.ascontiguousarray(packed), np.ascontiguousarray(thr.T).reshape(-1) if any_sat else None,
-                     np.ascontiguousarray(keep.T).reshape(-1) if any_drop else None, m)
-
-
-#: per-byte ADC arrays repeated over a block's iterations, shared by the groups with the same
-#: pattern (NumPy's integer minimum is vectorized only between two arrays, not with a broadcast row)
-_FULL: dict[tuple[bytes, int], np.ndarray] = {}
-
-
-def _block_full(a: np.ndarray | None, p: int, w0: int, w1: int) -> np.ndarray | None:
-    """``a`` [4·Wp] (per byte) as a [p, 4·(w1 − w0)] array for the words w0..w1 of p iterations."""
-    if a is None:
-        return None
-    key = (a.tobytes(), p)
-    full = _FULL.get(key)
-    if full is None:
-        if len(_FULL) >= 64:
-            _FULL.clear()
-        full = _FULL[key] = np.ascontiguousarray(np.broadcast_to(a, (p, a.size)))
-    return full[:, 4 * w0 : 4 * w1]
+    return _BytePlan(Wp, np.ascontiguousarray(packed), thr, keep)
 
 
 def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int, dac_bits: int, out: np.ndarray) -> int:
     """``mvm_group`` when one read's column sum is below 2^8: three columns share a float32 word
     (bytes 0, 1, 2 of the exact integer), so a single float32 product [T·p, R] @ [R, ⌈C/3⌉] yields
-    every step's column sums; the ADC is one byte-wise minimum (saturate) or mask (drop-lsb); m
-    steps are shift-added inside the bytes while their sum fits (ADC maximum · (2^(m·v) − 1) < 2^8),
-    the rest of the shift-and-add runs on the words themselves and on their bytes 0 and 2 in 16-bit
-    lanes (column results < 2^16); byte 1's column is the difference of the two / 2^8. Returns dac_ones."""
+    every step's column sums; the bit-planes before it and the byte-wise ADC and shift-and-add
+    after it are compiled loops (``jit.bit_planes``, ``jit.adc_shiftadd_bytes``). Returns dac_ones."""
+    from runtime import jit as JIT  # noqa: PLC0415 - numba is imported on the first bit-level product
+
     P = src2d.shape[0]
     T = -(-bits // dac_bits)
-    v = dac_bits
-    mask = (1 << v) - 1
-    C = int(g.offsets[-1])
     Wp = plan.words
     small = src2d.dtype if src2d.dtype.kind == "u" else np.dtype(np.int64)
-    shifts = (np.arange(T - 1, -1, -1) * v).astype(small)[:, None, None]  # most significant step first
-    # steps in groups of m from the least significant end: the top group holds the remainder
-    sizes = [T - (T // plan.m) * plan.m] if T % plan.m else []
-    sizes += [plan.m] * (T // plan.m)
-    lanes = np.uint32(0x00FF00FF)
 
     def unit(p0: int, p1: int, w0: int, w1: int) -> int:
-        p, Wq = p1 - p0, w1 - w0
         x = src2d[p0:p1, g.row_sel].astype(small, copy=False)  # [p, R]
-        d = (x[None] >> shifts) & small.type(mask)  # [T, p, R]
-        ones = int(np.count_nonzero(d)) if w0 == 0 else 0
-        cl = plan.cells[:, w0:w1]
-        S = d.reshape(T * p, -1).astype(np.float32) @ cl  # exact: three sums < 2^8 per word
-        W = np.empty((T, p, Wq), dtype=np.int32)  # (float32 -> int32 is the fast conversion)
-        np.copyto(W.reshape(T * p, Wq), S, casting="unsafe")
-        W = W.view(np.uint32)
-        B = W.view(np.uint8)  # [T, p, 4·Wq]
-        thr, keep = _block_full(plan.thr, p, w0, w1), _block_full(plan.keep, p, w0, w1)
-        if thr is not None:
-            np.minimum(B, thr, out=B)
-        if keep is not None:
-            np.bitwise_and(B, keep, out=B)
-        # Horner over the groups of steps, most significant first, on two accumulators: the words
-        # themselves (accQ = col(w) + 2^8·col(Wp + w) + 2^16·col(2·Wp + w), overlapping but exact
-        # below 2^32) and their bytes 0 and 2 in 16-bit lanes (accE); col(Wp + w) = (accQ − accE) / 2^8
-        accQ = accE = None
-        tmp = np.empty((p, Wq), dtype=np.uint32)
-        i = 0
-        for n in sizes:
-            Q = W[i]
-            for j in range(1, n):  # the group's steps inside the bytes: no carry leaves a byte
-                np.left_shift(Q, v, out=tmp)
-                np.add(tmp, W[i + j], out=W[i + j])
-                Q = W[i + j]
-            if accQ is None:
-                accQ = Q
-                accE = np.bitwise_and(Q, lanes)
-            else:
-                sh = n * v
-                np.left_shift(accQ, sh, out=accQ)
-                accQ += Q
-                np.left_shift(accE, sh, out=accE)
-                np.bitwise_and(Q, lanes, out=tmp)
-                accE += tmp
-            i += n
-        accQ -= accE
-        accQ >>= 8
-        np.right_shift(accE, 16, out=tmp)
-        accE &= 0xFFFF
-        for base, res in ((0, accE), (Wp, accQ), (2 * Wp, tmp)):
-            c0, c1 = base + w0, min(C, base + w1)
-            if c1 > c0:
-                out[p0:p1, c0:c1] = res[:, : c1 - c0]
-        return ones
+        planes = np.empty((T, p1 - p0, x.shape[1]), dtype=np.float32)
+        ones = JIT.bit_planes(x, T, dac_bits, planes)
+        S = planes.reshape(T * (p1 - p0), -1) @ plan.cells[:, w0:w1]  # exact: three sums < 2^8 per word
+        JIT.adc_shiftadd_bytes(S.reshape(T, p1 - p0, w1 - w0), plan.thr[:, w0:w1], plan.keep[:, w0:w1], dac_bits, Wp, w0,
+                               out[p0:p1])
+        return ones if w0 == 0 else 0
 
     nw = _workers()
     total = T * P * Wp
@@ -714,8 +656,11 @@ class ShiftaddPlan:
         np.add.at(self.E, (uidx, out[fd]), flip[fd] * w[fd])
         self.n_out = n_out
         # the compiler's layout: per row block, outputs 0..N-1 each with D consecutive columns.
-        # Such runs are summed from contiguous [P, N, D] views (einsum), without the gather
+        # Such runs are summed per row of the source (jit.shiftadd_run), without the gather
         self.runs = _direct_runs(out, coef, n_out)
+        if self.runs and "shiftadd" not in _WARM:  # compile (or load) the run's loop before a run
+            _WARM.add("shiftadd")
+            self.apply(np.zeros((1, ncols), dtype=np.int64), None)
         # Σ |coefficients| reaching one output: the exactness bound per unit of |src|
         per_out = np.abs(self.cf).sum(axis=1) + np.abs(self.E).sum(axis=0)
         self.coef_bound = (int(per_out.max()) if per_out.size else 0) + int(np.abs(self.bvec).sum())
@@ -727,9 +672,10 @@ class ShiftaddPlan:
         P = src.shape[0]
         acc = np.zeros((P, self.n_out), dtype=np.int64) if dst is None else dst
         if self.runs is not None:
-            N = self.n_out
-            for a, D, cf in self.runs:  # one contiguous run of N·D columns per row block
-                acc += np.einsum("pnd,nd->pn", src[:, a : a + N * D].reshape(P, N, D), cf)
+            from runtime import jit as JIT  # noqa: PLC0415 - numba is imported on first use
+
+            for a, _D, cf in self.runs:  # one contiguous run of N·D columns per row block
+                JIT.shiftadd_run(src, a, cf, acc)
         elif self.L:
             block = max(1, (1 << 18) // max(self.n_out * self.L, 1))
             flat_idx = self.idx.ravel()
