@@ -1288,6 +1288,7 @@ def run_program(
         chunk = B if B * m.bytes_per_image * 3 <= MEMORY_BUDGET else 1
     bar = _progress(B) if progress and B > 1 else None
     t0 = time.perf_counter()
+    limits = _blas_single_thread()
     try:
         if bar is not None:
             bar[0].start()
@@ -1313,6 +1314,8 @@ def run_program(
             if bar is not None:
                 bar[0].advance(bar[1], n)
     finally:
+        if limits is not None:
+            limits.restore_original_limits()
         if bar is not None:
             bar[0].stop()
     wall = time.perf_counter() - t0
@@ -1321,6 +1324,25 @@ def run_program(
     report = build_report(program, stats, B, wall, m, fast_path=fast_path)
     report["prepare_wall_s"] = prepare_wall
     return outputs, report
+
+
+_BLAS_CONTROLLER: list = []  # the threadpoolctl controller, found once (finding the libraries is slow)
+
+
+def _blas_single_thread():
+    """Limit BLAS to one thread for the run (restored after it), when threadpoolctl is installed:
+    the kernels' BLAS calls are many and small, and a multi-threaded BLAS sharing cores with
+    other work spins; the kernels run independent blocks on their own worker threads instead."""
+    if K.WORKERS <= 1:
+        return None
+    try:
+        if not _BLAS_CONTROLLER:
+            from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+
+            _BLAS_CONTROLLER.append(ThreadpoolController())
+        return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
+    except Exception:  # noqa: BLE001 - no threadpoolctl, or an unusual BLAS setup: run as is
+        return None
 
 
 def _fingerprint(program: Program) -> tuple:

@@ -8,7 +8,6 @@ iterations (to bound the size of the bit-plane matrix).
 
 from __future__ import annotations
 
-import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -253,33 +252,14 @@ def _workers() -> int:
     return max(1, int(WORKERS))
 
 
-_BLAS_CONTROLLER: list = []  # the threadpoolctl controller, found once (finding the libraries is slow)
-
-
-def _blas_one_thread():
-    """A context limiting BLAS to one thread, when threadpoolctl finds it: the worker threads are
-    the parallelism then, and a multi-threaded BLAS under each of them would spin on shared cores."""
-    try:
-        if not _BLAS_CONTROLLER:
-            from threadpoolctl import ThreadpoolController  # noqa: PLC0415
-
-            _BLAS_CONTROLLER.append(ThreadpoolController())
-        return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
-    except Exception:  # noqa: BLE001 - no threadpoolctl, or an unusual BLAS setup: run as is
-        return contextlib.nullcontext()
-
-
 def _map(fn, items: list) -> list:
-    """fn over items, on a small thread pool when there is more than one item (results in order),
-    BLAS on one thread meanwhile; outside it, BLAS keeps its own threads (one product is then
-    the parallel unit, as on the fused fast-path layers)."""
+    """fn over items, on a small thread pool when there is more than one item (results in order)."""
     global _POOL
     if len(items) <= 1 or _workers() == 1:
         return [fn(it) for it in items]
     if _POOL is None or _POOL._max_workers != _workers():
         _POOL = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="pimc-runtime")
-    with _blas_one_thread():
-        return list(_POOL.map(fn, items))
+    return list(_POOL.map(fn, items))
 
 
 #: the compiled bit-level loops already run once in this process (see XbarGroup.prepare)

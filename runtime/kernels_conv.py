@@ -193,8 +193,9 @@ def _requant(acc: np.ndarray, plan: ConvPlan, n0: int, n1: int, dst: np.ndarray,
 def _blocks(B: int, n: int, per_image: int, inner: int, target: int) -> list[tuple[int, int, int, int]]:
     """Work blocks (b0, b1, i0, i1) of about ``target`` elements: several whole images when one
     image's ``per_image`` elements (n slices of ``inner``) are fewer, else slices of one image.
-    They run one after the other: on this runtime's two-core machines, worker threads made the
-    fused layers slower (MobileNetV2's fast path: 72–89 ms on two workers, 49–51 ms on one)."""
+    They run one after the other: on the project's two-core machine, two worker threads gave
+    these layers no gain (MobileNetV2's fast path: ~48 ms either way, back to back) and in some
+    runs cost half as much again."""
     if per_image <= target:
         nb = max(1, min(B, target // max(per_image, 1)))
         return [(b0, min(B, b0 + nb), 0, n) for b0 in range(0, B, nb)]
