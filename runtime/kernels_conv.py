@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime import jit as JIT
-from runtime.kernels import LayerMatrix, requant
+from runtime.kernels import LayerMatrix, _map, requant
 
 #: elements of one block's float32 input columns (K x block) and of its sums (N x block)
 XT_BLOCK_ELEMS = 1 << 17
@@ -192,10 +192,7 @@ def _requant(acc: np.ndarray, plan: ConvPlan, n0: int, n1: int, dst: np.ndarray,
 
 def _blocks(B: int, n: int, per_image: int, inner: int, target: int) -> list[tuple[int, int, int, int]]:
     """Work blocks (b0, b1, i0, i1) of about ``target`` elements: several whole images when one
-    image's ``per_image`` elements (n slices of ``inner``) are fewer, else slices of one image.
-    They run one after the other: on the project's two-core machine, two worker threads gave
-    these layers no gain (MobileNetV2's fast path: ~48 ms either way, back to back) and in some
-    runs cost half as much again."""
+    image's ``per_image`` elements (n slices of ``inner``) are fewer, else slices of one image."""
     if per_image <= target:
         nb = max(1, min(B, target // max(per_image, 1)))
         return [(b0, min(B, b0 + nb), 0, n) for b0 in range(0, B, nb)]
@@ -224,8 +221,7 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
                 JIT.depthwise_sums(part, tp, to, coef, Wq, sums)
                 _requant(sums.transpose(1, 0, 2, 3), plan, c0, c1, dst.transpose(1, 0, 2, 3))
 
-        for item in _blocks(B, C, C * Ho * Wo, Ho * Wo, SUM_BLOCK_ELEMS):
-            dw_block(item)
+        _map(dw_block, _blocks(B, C, C * Ho * Wo, Ho * Wo, SUM_BLOCK_ELEMS))
         return out
     # dense: blocks of output rows, X^T [K, images·rows·Wo] copied (and converted) from the view
     win = _window(xp, plan, Ho, Wo)
@@ -256,8 +252,7 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
                 acc = part.astype(np.float64) if acc is None else np.add(acc, part, out=acc)
         _requant(acc.reshape(N, nb, nh, Wo), plan, 0, N, out[b0:b1, :, h0:h1].transpose(1, 0, 2, 3), biased=ones_row)
 
-    for item in _blocks(B, Ho, Ho * Wo, Wo, target):
-        dense_block(item)
+    _map(dense_block, _blocks(B, Ho, Ho * Wo, Wo, target))
     return out
 
 
