@@ -69,7 +69,7 @@ def _dw_sums(ph, tp, to, coef, b, c, acc):
 def depthwise(ph, tp, to, coef, bias, mult, shift, zp, lo, hi, Wq, out):
     """A depthwise layer, requantized: out[b, c, ho, wo] from channel c's phases ``ph`` [B, C, S, Lq],
     kernel tap t reading phase tp[t] at flat offset to[t] + ho·Wq + wo (kernels_conv.run_conv).
-    The accumulator has coef's type."""
+    The accumulator has coef's type. (bias 0, mult 1, shift 0, zp 0 and int64's range give the sums.)"""
     B, C, Ho, Wo = out.shape
     acc = np.empty((Ho - 1) * Wq + Wo, dtype=coef.dtype)
     for b in range(B):
@@ -77,21 +77,6 @@ def depthwise(ph, tp, to, coef, bias, mult, shift, zp, lo, hi, Wq, out):
             _dw_sums(ph, tp, to, coef, b, c, acc)
             for ho in range(Ho):
                 _requant_line(acc[ho * Wq : ho * Wq + Wo], bias[c], mult[c], shift[c], zp, lo, hi, out[b, c, ho])
-
-
-@njit(**_JIT)
-def depthwise_sums(ph, tp, to, coef, Wq, sums):
-    """As ``depthwise``, the int64 sums only: sums [B, C, Ho, Wo] (for a requantization beyond int64)."""
-    B, C, Ho, Wo = sums.shape
-    acc = np.empty((Ho - 1) * Wq + Wo, dtype=coef.dtype)
-    for b in range(B):
-        for c in range(C):
-            _dw_sums(ph, tp, to, coef, b, c, acc)
-            for ho in range(Ho):
-                row = acc[ho * Wq : ho * Wq + Wo]
-                dst = sums[b, c, ho]
-                for wo in range(Wo):
-                    dst[wo] = row[wo]
 
 
 @njit(**_JIT)

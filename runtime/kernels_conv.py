@@ -216,9 +216,10 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
             if plan.check is None:
                 bias, mult, shift = (v[c0:c1] for v in plan.ints)
                 JIT.depthwise(part, tp, to, coef, bias, mult, shift, plan.zp, plan.lo, plan.hi, Wq, dst)
-            else:
+            else:  # the int64 sums (an identity requantization), then requantized beyond int64 where needed
                 sums = np.empty(dst.shape, dtype=np.int64)
-                JIT.depthwise_sums(part, tp, to, coef, Wq, sums)
+                zero, one = np.zeros(c1 - c0, dtype=np.int64), np.ones(c1 - c0, dtype=np.int64)
+                JIT.depthwise(part, tp, to, coef, zero, one, zero, 0, -(1 << 63), (1 << 63) - 1, Wq, sums)
                 _requant(sums.transpose(1, 0, 2, 3), plan, c0, c1, dst.transpose(1, 0, 2, 3))
 
         _map(dw_block, _blocks(B, C, C * Ho * Wo, Ho * Wo, SUM_BLOCK_ELEMS))
