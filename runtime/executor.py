@@ -550,7 +550,6 @@ class Machine:
                         self._fused_events_plan(first, st[2])
                 except (KeyError, TypeError, ValueError, ProgramError):
                     pass  # execution reports what is wrong
-            warmed = set()
             for i in self.conv_chains:
                 sdecl = self.buffers.get(self.instrs[i].fields["src"])
                 if sdecl is not None and len(sdecl.shape) == 4:
@@ -558,7 +557,7 @@ class Machine:
                         plan = self._conv_plan(i, int(sdecl.shape[1]))
                         odecl = self.buffers.get(self.instrs[self.conv_chains[i][2]].fields["dst"])
                         if plan is not None and odecl is not None and DTYPES[sdecl.dtype].kind == "u":
-                            KC.warm_up(plan, DTYPES[sdecl.dtype], DTYPES[odecl.dtype], warmed)
+                            KC.warm_up(plan, DTYPES[sdecl.dtype], DTYPES[odecl.dtype])
                     except (KeyError, TypeError, ValueError, ProgramError):
                         pass  # execution reports what is wrong
         for first, sets in self.mvm_runs.items():
