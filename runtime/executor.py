@@ -20,6 +20,7 @@ from runtime import kernels as K
 from runtime import kernels_conv as KC
 from runtime import kernels_digital as D
 from runtime import hwconfig
+from runtime import jit as JIT
 from runtime.errors import ConfigError, ProgramError, RunInputError
 from runtime.model import DTYPES, FORMAT_VERSION, Buffer, Instr, Program
 from runtime.opcodes import OPCODES, canonical_fields, validate_program
@@ -175,6 +176,8 @@ class Machine:
         self.conv_plans: dict[tuple[int, int, int], KC.ConvPlan | None] = {}
         self.mvm_runs = self._mvm_runs()
         self.mvm_run_end = dict(self._mvm_spans(_RUN_KEYS))  # first mvm of a run -> the index after it
+        self.run_shiftadds = self._run_shiftadds(last, keep)
+        self.run_fusions: dict[tuple[int, bool], tuple | None] = {}
         self.xbar_groups: dict[tuple[int, ...], K.XbarGroup] = {}
         self.layer_mats: dict[tuple[int, int], K.LayerMatrix | None] = {}
         self.sa_plans: dict[tuple[str, int, int], K.ShiftaddPlan] = {}
@@ -226,6 +229,19 @@ class Machine:
                 sets.setdefault(xb.row_idx.tobytes(), []).append(k)
             runs[i] = list(sets.values())
         return runs
+
+    def _run_shiftadds(self, last: dict[str, int], keep: set[str]) -> dict[int, int]:
+        """Runs of mvms whose column results only the shiftadd right after them reads (and it
+        starts from zeros): first mvm -> that shiftadd. On the bit-level path the shiftadd can
+        then be fused into the grouped products (``_run_bitlevel_layer``)."""
+        found: dict[int, int] = {}
+        ins = self.instrs
+        for first, end in self.mvm_run_end.items():
+            cols = ins[first].fields.get("dst")
+            if end < len(ins) and ins[end].opcode == "shiftadd" and ins[end].fields.get("src") == cols \
+                    and last.get(cols) == end and cols not in keep and ins[end].fields.get("init", 1) == 1:
+                found[first] = end
+        return found
 
     def _mvm_spans(self, keys: tuple[str, ...]) -> list[tuple[int, int]]:
         """``(start, end)`` of each maximal run of consecutive mvms whose fields ``keys`` agree."""
@@ -376,6 +392,12 @@ class Machine:
                 self._after(i, last)
                 i = last + 1
                 continue
+            if i in self.run_shiftadds:
+                end = self._run_bitlevel_layer(i, stats, fast_path)
+                if end is not None:
+                    self._after(i, end - 1)
+                    i = end
+                    continue
             if i in self.mvm_runs and self.mvm_runs[i]:
                 end = self._run_mvm_run(i, stats, fast_path)
                 self._after(i, end - 1)
@@ -797,7 +819,9 @@ class Machine:
         res, events = K.mvm(src2d, xb, bits, dac_bits, _need(ins, "order", self.pc), use_fast)
         return self._mvm_post(ins, xb, src2d, bits, dac_bits, use_fast, res, events)
 
-    def _mvm_post(self, ins: Instr, xb, src2d, bits: int, dac_bits: int, use_fast: bool, res, events):
+    def _mvm_post(self, ins: Instr, xb, src2d, bits: int, dac_bits: int, use_fast: bool, res, events, store: bool = True):
+        """Store one mvm's column results (unless a fused shiftadd took them: ``store`` False) and
+        complete its events."""
         xid = xb.id
         src_name, dst_name = ins.fields["src"], _need(ins, "dst", self.pc)
         col0 = int(_need(ins, "col0", self.pc))
@@ -807,16 +831,17 @@ class Machine:
         P, ccol = src2d.shape[0], decl.shape[1]
         if col0 < 0 or col0 + xb.cols > ccol:
             raise ProgramError(f"instruction {self.pc} (mvm): columns {col0}..{col0 + xb.cols - 1} of crossbar {xid} fall outside {dst_name!r} ({ccol} columns)")
-        dst = self.env.get(dst_name)
-        if dst is None or dst.shape[0] != P:
-            dst = np.zeros((P, ccol), dtype=DTYPES[decl.dtype])
-            self.env[dst_name] = dst
-            self.colhomes[dst_name] = {}
-        self.vbounds.pop(dst_name, None)  # written in place
-        lo, hi = D.type_range(dst.dtype)
+        lo, hi = D.type_range(DTYPES[decl.dtype])
         if res.size and (res.min() < lo or res.max() > hi):
             raise ProgramError(f"mvm on crossbar {xid}: column results overflow buffer {dst_name!r} ({decl.dtype})")
-        dst[:, col0 : col0 + xb.cols] = res
+        if store:
+            dst = self.env.get(dst_name)
+            if dst is None or dst.shape[0] != P:
+                dst = np.zeros((P, ccol), dtype=DTYPES[decl.dtype])
+                self.env[dst_name] = dst
+                self.colhomes[dst_name] = {}
+            self.vbounds.pop(dst_name, None)  # written in place
+            dst[:, col0 : col0 + xb.cols] = res
         place = self.place[xid]
         events.update(self._move(src_name, events["buffer_read_bytes"], place))
         if src_name not in self.homes:
@@ -923,6 +948,114 @@ class Machine:
                 self.vbounds[dst_name] = (out, 0, bound)
         return end
 
+    def _run_fusion(self, first: int, fast_path: bool):
+        """What ``_run_bitlevel_layer`` needs besides the data, or None where it does not apply
+        (built once per run and path): every mvm of the run is in a bit-level group with a
+        byte-packed plan, the groups' columns lie side by side and apart in the i64 column buffer,
+        and every sum stays exact in int64."""
+        key = (first, fast_path)
+        if key in self.run_fusions:
+            return self.run_fusions[key]
+        fusion = None
+        try:
+            fusion = self._run_fusion_uncached(first, fast_path)
+        except (KeyError, TypeError, ValueError, ProgramError):
+            fusion = None  # the instructions, run one by one, report what is wrong
+        self.run_fusions[key] = fusion
+        return fusion
+
+    def _run_fusion_uncached(self, first: int, fast_path: bool):
+        sa, end = self.run_shiftadds[first], self.mvm_run_end[first]
+        f0, sa_ins = self.instrs[first].fields, self.instrs[sa]
+        bits, dac = int(f0["bits"]), int(f0["dac_bits"])
+        cdecl, sdecl = self.buffers.get(f0["dst"]), self.buffers.get(sa_ins.fields["dst"])
+        sets = self.mvm_runs.get(first) or []
+        if (bits < 1 or dac < 1 or cdecl is None or sdecl is None or cdecl.dtype != "i64" or len(cdecl.shape) != 2
+                or len(sdecl.shape) != 2 or sum(len(m) for m in sets) != end - first):
+            return None
+        groups, fast, spans, vmax = [], [], [], 0
+        for members in sets:
+            if any(self.instrs[m].fields["order"] not in ("lsb", "msb") for m in members):
+                return None
+            slow = []
+            for m in members:
+                xb = self.xbars[int(self.instrs[m].fields["xbar"])]
+                c0 = int(self.instrs[m].fields["col0"])
+                if c0 < 0 or c0 + xb.cols > cdecl.shape[1]:
+                    return None
+                vmax = max(vmax, ((1 << bits) - 1) * xb.max_col_sum)  # a column result's bound
+                if fast_path and xb.provably_lossless(dac):
+                    fast.append((m, xb, c0))  # its exact product, as on the unfused path
+                    spans.append((c0, xb.cols))
+                else:
+                    slow.append(m)
+            if slow:
+                g = self._group_of(slow)
+                c0 = int(self.instrs[slow[0]].fields["col0"])
+                if g.byte_plan(bits, dac) is None or any(
+                        int(self.instrs[m].fields["col0"]) != c0 + int(o) for m, o in zip(slow, g.offsets[:-1])):
+                    return None
+                groups.append((slow, g, c0))
+                spans.append((c0, int(g.offsets[-1])))
+        spans.sort()
+        if any(a0 + w > b0 for (a0, w), (b0, _) in zip(spans, spans[1:])):
+            return None  # overlapping columns: the later mvm overwrites, a fused sum would not
+        colmap = self.consts.get(sa_ins.fields["colmap"])
+        if colmap is None:
+            return None
+        pkey = (sa_ins.fields["colmap"], sdecl.shape[1], cdecl.shape[1])
+        plan = self.sa_plans.get(pkey)
+        if plan is None:
+            plan = self.sa_plans[pkey] = K.ShiftaddPlan(colmap, sdecl.shape[1], cdecl.shape[1])
+        targets = plan.column_targets()
+        if targets is None or not plan.exact_for(vmax):
+            return None
+        return groups, fast, plan, targets, vmax, bits, dac
+
+    def _run_bitlevel_layer(self, first: int, stats: list[InstrStats], fast_path: bool) -> int | None:
+        """A run of bit-level mvms and the shiftadd that alone reads their column results, with
+        the shiftadd fused into the grouped products: each column result is added into the
+        layer's sums as soon as its ADC and shift-and-add over the steps are done, so the column
+        results (int64, often the largest array of a layer) are never written nor read back; only
+        the few columns the shiftadd's unit terms read are kept. Same results and events as the
+        instructions one by one. Returns the index after the shiftadd, or None (nothing done)."""
+        fusion = self._run_fusion(first, fast_path)
+        if fusion is None:
+            return None
+        groups, fast, plan, (tgt, cf, stored), vmax, bits, dac = fusion
+        f0 = self.instrs[first].fields
+        cols_name, sa = f0["dst"], self.run_shiftadds[first]
+        if cols_name in self.env or f0["src"] not in self.env:
+            return None  # stale columns from an earlier use would survive the unfused path; errors go there too
+        pre = {}
+        for m in range(first, self.mvm_run_end[first]):
+            self.pc, self.instr = m, self.instrs[m]
+            pre[m] = self._mvm_pre(self.instrs[m], fast_path)  # checks the source once per array
+        src2d, lossless = pre[first][1], {m for m, _xb, _c0 in fast}
+        if any(p[4] != (m in lossless) or p[1] is not src2d for m, p in pre.items()):
+            return None  # (as planned: the fast path exactly on the provably lossless crossbars)
+        P = src2d.shape[0]
+        cdecl = self.buffers[cols_name]
+        kept = np.zeros((P, stored.size), dtype=np.int64)  # the columns the unit terms read, side by side
+        self.colhomes[cols_name] = {}
+        sums = np.zeros((P, plan.n_out), dtype=np.int64)
+        for m, xb, c0 in fast:  # lossless crossbars: their exact product, taken by the shiftadd at once
+            self.pc, self.instr = m, self.instrs[m]
+            res, events = K.mvm(src2d, xb, bits, dac, self.instrs[m].fields["order"], True)
+            JIT.columns_into_sums(res, tgt[c0 : c0 + xb.cols], cf[c0 : c0 + xb.cols], kept, sums)
+            self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac, True, res, events, store=False), stats)
+        for members, g, c0 in groups:
+            self.pc, self.instr = members[0], self.instrs[members[0]]
+            C = int(g.offsets[-1])
+            _, dac_ones = K.mvm_group(src2d, g, bits, dac, out=kept, shiftadd=(tgt[c0 : c0 + C], cf[c0 : c0 + C], sums))
+            self._group_events(members, bits, src2d, dac_ones)
+        sa_ins = self.instrs[sa]
+        self.pc, self.instr = sa, sa_ins
+        plan.apply_unit_terms(kept, sums, vmax, stored)
+        out = self.write(sa_ins.fields["dst"], sums)
+        stats[sa].add(self._shiftadd_events(sa_ins, cols_name, P, DTYPES[cdecl.dtype].itemsize, out.nbytes))
+        return sa + 1
+
     def op_shiftadd(self, ins: Instr, fast: bool):
         src_name, dst_name = _need(ins, "src", self.pc), _need(ins, "dst", self.pc)
         src = self.read(src_name)
@@ -947,7 +1080,7 @@ class Machine:
             vmax = max(-b[0], b[1]) if b is not None else (max(abs(int(src.max())), abs(int(src.min()))) if src.size else 0)
             dmax = max(abs(int(dst.max())), abs(int(dst.min()))) if dst is not None and dst.size else 0
             if plan.exact_for(vmax, dmax):
-                acc = plan.apply(src, dst)
+                acc = plan.apply(src, dst, vmax)
         if acc is None:
             acc = K.shiftadd(src, colmap, decl.shape[1], dst)
         acc = self.write(dst_name, acc)

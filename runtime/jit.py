@@ -101,16 +101,19 @@ def bit_planes(x, T, v, planes):
 
 
 @njit(**_JIT)
-def adc_shiftadd_bytes(S, thr, keep, v, Wp, w0, out):
+def adc_shiftadd_bytes(S, thr, keep, v, Wp, w0, tgt, cf, out, sums):
     """The ADC and shift-and-add of a byte-packed crossbar product (kernels._mvm_group_bytes):
     ``S`` [T, P, Wq] float32 exact integers whose byte j of word w holds one read's sum of column
-    j·Wp + w0 + w, most significant step first. Per byte: min with ``thr`` [3, Wq] (saturate) and
-    ``& keep`` [3, Wq] (drop-lsb) (255: no effect), then acc = acc·2^v + byte over the steps; the
-    column results go to ``out`` [P, C] (int64) at their columns below C."""
+    c = j·Wp + w0 + w, most significant step first. Per byte: min with ``thr`` [3, Wq] (saturate)
+    and ``& keep`` [3, Wq] (drop-lsb) (255: no effect), then acc = acc·2^v + byte over the steps.
+    Column c's result r (C = tgt.size columns; a last word's spare bytes are dropped):
+    tgt[c] <= −2: stored, out[·, −2 − tgt[c]] = r (``out`` [P, ·] int64);
+    tgt[c] >= 0: the layer's shiftadd takes it at once, sums[·, tgt[c]] += cf[c]·r;
+    tgt[c] = −1: nothing reads it."""
     T, P, Wq = S.shape
-    C = out.shape[1]
+    C = tgt.size
     acc = np.empty((3, Wq), dtype=np.int64)
-    n = np.empty(3, dtype=np.int64)  # columns of each byte inside out
+    n = np.empty(3, dtype=np.int64)  # columns of each byte that exist
     for j in range(3):
         n[j] = max(0, min(Wq, C - (j * Wp + w0)))
     t0, t1, t2 = thr[0], thr[1], thr[2]
@@ -127,12 +130,32 @@ def adc_shiftadd_bytes(S, thr, keep, v, Wp, w0, out):
                 a0[w] = (a0[w] << v) + (min(word & 255, t0[w]) & k0[w])
                 a1[w] = (a1[w] << v) + (min((word >> 8) & 255, t1[w]) & k1[w])
                 a2[w] = (a2[w] << v) + (min((word >> 16) & 255, t2[w]) & k2[w])
+        dst, tot = out[i], sums[i]
         for j in range(3):
             c0 = j * Wp + w0
-            dst = out[i, c0 : c0 + n[j]]
-            src = acc[j]
+            src, tg, co = acc[j], tgt[c0 : c0 + n[j]], cf[c0 : c0 + n[j]]
             for w in range(n[j]):
-                dst[w] = src[w]
+                k = tg[w]
+                if k >= 0:
+                    tot[k] += co[w] * src[w]
+                elif k <= -2:
+                    dst[-2 - k] = src[w]
+
+
+@njit(**_JIT)
+def columns_into_sums(res, tgt, cf, out, sums):
+    """A crossbar's column results ``res`` [P, C] taken by a fused shiftadd as
+    ``adc_shiftadd_bytes`` takes its own: tgt[c] >= 0 adds cf[c]·res[·, c] to sums[·, tgt[c]],
+    tgt[c] <= −2 stores it at out[·, −2 − tgt[c]], −1 drops it."""
+    P, C = res.shape
+    for i in range(P):
+        r, dst, tot = res[i], out[i], sums[i]
+        for c in range(C):
+            k = tgt[c]
+            if k >= 0:
+                tot[k] += cf[c] * r[c]
+            elif k <= -2:
+                dst[-2 - k] = r[c]
 
 
 @njit(**_JIT)

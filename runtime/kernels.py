@@ -370,17 +370,24 @@ def _byte_plan(g: XbarGroup, bits: int, dac_bits: int) -> _BytePlan | None:
     return _BytePlan(Wp, np.ascontiguousarray(packed), thr, keep)
 
 
-def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int, dac_bits: int, out: np.ndarray) -> int:
+def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int, dac_bits: int, out: np.ndarray,
+                     shiftadd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> int:
     """``mvm_group`` when one read's column sum is below 2^8: three columns share a float32 word
     (bytes 0, 1, 2 of the exact integer), so a single float32 product [T·p, R] @ [R, ⌈C/3⌉] yields
     every step's column sums; the bit-planes before it and the byte-wise ADC and shift-and-add
-    after it are compiled loops (``jit.bit_planes``, ``jit.adc_shiftadd_bytes``). Returns dac_ones."""
+    after it are compiled loops (``jit.bit_planes``, ``jit.adc_shiftadd_bytes``). Returns dac_ones.
+    ``shiftadd``: see ``mvm_group``."""
     from runtime import jit as JIT  # noqa: PLC0415 - numba is imported on the first bit-level product
 
     P = src2d.shape[0]
     T = -(-bits // dac_bits)
     Wp = plan.words
     small = src2d.dtype if src2d.dtype.kind == "u" else np.dtype(np.int64)
+    if shiftadd is None:  # every column stored at its own index
+        C = int(g.offsets[-1])
+        tgt, cf, sums = -2 - np.arange(C, dtype=np.int64), np.zeros(C, dtype=np.int64), np.empty((P, 0), dtype=np.int64)
+    else:
+        tgt, cf, sums = shiftadd
 
     def unit(p0: int, p1: int, w0: int, w1: int) -> int:
         x = src2d[p0:p1, g.row_sel].astype(small, copy=False)  # [p, R]
@@ -388,7 +395,7 @@ def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int
         ones = JIT.bit_planes(x, T, dac_bits, planes)
         S = planes.reshape(T * (p1 - p0), -1) @ plan.cells[:, w0:w1]  # exact: three sums < 2^8 per word
         JIT.adc_shiftadd_bytes(S.reshape(T, p1 - p0, w1 - w0), plan.thr[:, w0:w1], plan.keep[:, w0:w1], dac_bits, Wp, w0,
-                               out[p0:p1])
+                               tgt, cf, out[p0:p1], sums[p0:p1])
         return ones if w0 == 0 else 0
 
     nw = _workers()
@@ -397,13 +404,16 @@ def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int
     if nw > 1 and total >= BYTE_SPLIT_WORDS:
         n = -(-n // nw) * nw  # whole rounds of the worker threads
     pb = min(n, P)
-    wb = min(Wp, -(-n // pb))
+    # units split the columns too when there are fewer iterations than units, but never when they
+    # add into the shiftadd's sums (one thread per row of sums)
+    wb = min(Wp, -(-n // pb)) if shiftadd is None else 1
     pstep, wstep = -(-P // pb), -(-Wp // wb)
     units = [(p0, min(P, p0 + pstep), w0, min(Wp, w0 + wstep)) for p0 in range(0, P, pstep) for w0 in range(0, Wp, wstep)]
     return sum(_map(lambda u: unit(*u), units))
 
 
-def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np.ndarray | None = None,
+              shiftadd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, int]:
     """The bit-level mvm (isa.md §3.2) of every crossbar of a group at once: column results
     [P, ΣC] (int64, the crossbars side by side) and the group's ``dac_ones`` per crossbar (the
     same for all: it depends on the inputs and the shared row table only).
@@ -413,7 +423,13 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
     Σ_j 2^(F·j)·s_(k+j) with every partial sum an integer below 2^(F·J) — J = ⌊24/F⌋ steps per
     float32 product, or ⌊53/F⌋ per float64 product when float32 holds fewer than two. The fields
     are unpacked with integer shifts and masks, each goes through the crossbar's ADC, then the
-    shift-and-add. The crossbars of a group may differ in ADC resolution and mode (per column)."""
+    shift-and-add. The crossbars of a group may differ in ADC resolution and mode (per column).
+
+    ``shiftadd`` = (tgt [C], cf [C], sums [P, N]), only where ``g.byte_plan`` exists: the layer's
+    shiftadd fused in (the executor proves that nothing else reads the column results). Column c
+    with tgt[c] >= 0 is not stored but added as sums[:, tgt[c]] += cf[c]·result; with tgt[c] <= −2
+    it is stored in ``out`` [P, ·] at column −2 − tgt[c]; with −1 it is dropped (see
+    ``ShiftaddPlan.column_targets``). The caller proves that every sum stays exact in int64."""
     P = src2d.shape[0]
     T = -(-bits // dac_bits)
     mask = (1 << dac_bits) - 1
@@ -421,12 +437,15 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
     if out is None:
         out = np.zeros((P, C), dtype=np.int64)
     if not g.rows_used or not P:
-        out[...] = 0
+        if shiftadd is None:  # (fused: every result 0 adds nothing, and ``out`` holds zeros already)
+            out[...] = 0
         return out, 0
     _check_row_idx(src2d, g.xbs[0].id, g.row_idx)
     plan = g.byte_plan(bits, dac_bits)
     if plan is not None:
-        return out, _mvm_group_bytes(src2d, g, plan, bits, dac_bits, out)
+        return out, _mvm_group_bytes(src2d, g, plan, bits, dac_bits, out, shiftadd)
+    if shiftadd is not None:
+        raise ValueError("mvm_group: a fused shiftadd needs the byte-packed product")
     plane_bound = mask * g.max_col_sum
     F, J, ftype, itype = _pack_params(g.max_col_sum, bits, dac_bits)
     cells = g.cells_as(ftype)
@@ -609,6 +628,7 @@ class ShiftaddPlan:
         w = sign * (np.int64(1) << shift)
         flipped = flip > 0
         coef = np.where(flipped, -w, w)
+        self.col_out, self.col_coef = out, coef  # per source column (column_targets)
         direct = np.nonzero(out >= 0)[0]
         order = direct[np.argsort(out[direct], kind="stable")]
         counts = np.bincount(out[order], minlength=n_out)
@@ -644,11 +664,16 @@ class ShiftaddPlan:
         # Σ |coefficients| reaching one output: the exactness bound per unit of |src|
         per_out = np.abs(self.cf).sum(axis=1) + np.abs(self.E).sum(axis=0)
         self.coef_bound = (int(per_out.max()) if per_out.size else 0) + int(np.abs(self.bvec).sum())
+        # the unit-column terms as one float64 BLAS product, exact while vmax·e_bound < 2^53
+        self.E_f = self.E.astype(np.float64)
+        self.e_bound = int(np.abs(self.E).sum(axis=0).max()) if self.E.size else 0
 
     def exact_for(self, vmax: int, dst_max: int = 0) -> bool:
         return vmax * self.coef_bound + dst_max < (1 << 62)
 
-    def apply(self, src: np.ndarray, dst: np.ndarray | None) -> np.ndarray:
+    def apply(self, src: np.ndarray, dst: np.ndarray | None, vmax: int | None = None) -> np.ndarray:
+        """dst (or zeros) + the column map applied to ``src`` [P, columns] (int64); ``vmax``, a
+        bound on |src| if the caller has one, lets the unit-column terms use float BLAS."""
         P = src.shape[0]
         acc = np.zeros((P, self.n_out), dtype=np.int64) if dst is None else dst
         if self.runs is not None:
@@ -666,10 +691,40 @@ class ShiftaddPlan:
                 acc[p0 : p0 + block] += g.sum(axis=2)
 
             _map(rows, list(range(0, P, block)))
-        if self.units.size:
-            acc += src[:, self.units].astype(np.int64) @ self.E
-        if self.bcols.size:
-            acc += (src[:, self.bcols].astype(np.int64) @ self.bvec)[:, None]
+        return self.apply_unit_terms(src, acc, vmax)
+
+    def column_targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """How a fused shiftadd takes each source column (``mvm_group``'s ``shiftadd``): (tgt, cf)
+        [columns] int64 and the stored columns [S]. A direct column c adds cf[c]·src[:, c] to
+        output tgt[c] >= 0 (cf: ±2^shift, negated if flipped); stored column k (a unit or
+        broadcast column, which ``apply_unit_terms`` reads) has tgt = −2 − k, kept compact; any
+        other column, −1: nothing reads it. None when a direct column is also read by the unit
+        terms (it would have to be both added and stored)."""
+        direct = self.col_out >= 0
+        tgt = np.where(direct, self.col_out, -1).astype(np.int64)
+        cf = np.where(direct, self.col_coef, 0).astype(np.int64)
+        stored = np.union1d(self.units, self.bcols).astype(np.int64)
+        if direct[stored].any():
+            return None
+        tgt[stored] = -2 - np.arange(stored.size, dtype=np.int64)
+        return tgt, cf, stored
+
+    def apply_unit_terms(self, src: np.ndarray, acc: np.ndarray, vmax: int | None = None,
+                         stored: np.ndarray | None = None) -> np.ndarray:
+        """acc += what the flipped columns' unit columns and the broadcast columns add (the terms
+        besides the direct columns' runs); reads only those columns of ``src``, or, with
+        ``stored`` (``column_targets``), ``src`` holds just the stored columns, in that order."""
+        units, bcols = self.units, self.bcols
+        if stored is not None:
+            units, bcols = np.searchsorted(stored, units), np.searchsorted(stored, bcols)
+        if units.size:
+            u = src[:, units]
+            if vmax is not None and vmax * self.e_bound < (1 << 53):  # every partial sum exact in float64
+                acc += (u.astype(np.float64) @ self.E_f).astype(np.int64)
+            else:  # (NumPy's integer product: no BLAS)
+                acc += u.astype(np.int64) @ self.E
+        if bcols.size:
+            acc += (src[:, bcols].astype(np.int64) @ self.bvec)[:, None]
         return acc
 
 

@@ -419,3 +419,85 @@ def test_quantize_input_matches_onnx_quantize_linear(values, scale, kind, zp_see
     np.testing.assert_array_equal(quantize_input(x, scale, zp, np.dtype(dtype)), ref)
     special = quantize_input(np.array([np.nan, np.inf, -np.inf], np.float32), scale, zp, np.dtype(dtype))
     assert special.tolist() == [zp, hi, lo]
+
+
+# ------------------------------------------------------------------ fused bit-level shiftadd
+
+
+def _report_without_timings(rep: dict) -> dict:
+    return {k: v for k, v in rep.items() if k not in ("simulation_wall_s", "prepare_wall_s", "simulation_images_per_s")}
+
+
+def _run_unfused(prog: Program, feed: dict, **kw):
+    """The same run with the bit-level layers' shiftadd not fused: every instruction on its own."""
+    from unittest import mock  # noqa: PLC0415
+
+    from runtime.executor import Machine  # noqa: PLC0415
+
+    with mock.patch.object(Machine, "_run_bitlevel_layer", lambda *a: None):
+        return run_program(prog, feed, **kw)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    K=st.integers(1, 150),
+    N=st.integers(1, 12),
+    P=st.integers(1, 6),
+    rows=st.sampled_from([8, 32, 64]),
+    cols=st.sampled_from([8, 32, 128]),
+    dac=st.sampled_from([1, 2]),
+    adc_bits=st.integers(2, 9),
+    adc_mode=st.sampled_from(["saturate", "drop-lsb"]),
+    wide_every=st.integers(0, 3),
+    flip=st.booleans(),
+    fast_path=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_bit_level_layer_with_its_shiftadd_fused_equals_the_instructions(K, N, P, rows, cols, dac, adc_bits, adc_mode, wide_every,
+                                                                         flip, fast_path, seed):
+    """The shiftadd fused into the grouped bit-level products (column results added into the
+    layer's sums as they are made; unit columns kept for the flipped and broadcast terms; lossless
+    crossbars of the same run through their exact product) gives the outputs and the whole report
+    of the instructions run one by one — with narrow ADCs of either mode, flipped columns, several
+    row and column tiles, and some crossbars given a lossless ADC."""
+    rng = np.random.default_rng(seed)
+    W = rng.integers(-127, 128, size=(K, N))
+    x = rng.integers(0, 256, size=(P, K)).astype(np.float32)
+    x[rng.random(x.shape) < 0.4] = 0
+    prog = dense_program(W, rows=rows, cols=cols, dac_bits=dac, adc_bits=adc_bits, adc_mode=adc_mode,
+                         flip_cols=rng.random(N * 4) < 0.5 if flip else None, shift=np.full(N, 12), bias=np.full(N, 1 << 20))
+    if wide_every:
+        for xb in prog.xbars[::wide_every]:
+            xb.adc_bits, xb.adc_mode, xb.lossless = 16, "saturate", 0  # lossless: the fast path's, when it runs
+    out, rep = run_program(prog, {"x": x}, fast_path=fast_path)
+    out_u, rep_u = _run_unfused(prog, {"x": x}, fast_path=fast_path)
+    np.testing.assert_array_equal(out["y"], out_u["y"])
+    assert _report_without_timings(rep) == _report_without_timings(rep_u)
+
+
+def test_bit_level_layer_runs_fused_and_saturates(monkeypatch):
+    """The fused layer really runs (with flipped columns and two row tiles), and its narrow ADC
+    really changes the result against a lossless one."""
+    from runtime.executor import Machine  # noqa: PLC0415
+
+    ran = []
+    orig = Machine._run_bitlevel_layer
+
+    def spy(self, first, stats, fast_path):
+        end = orig(self, first, stats, fast_path)
+        ran.append(end is not None)
+        return end
+
+    monkeypatch.setattr(Machine, "_run_bitlevel_layer", spy)
+    rng = np.random.default_rng(5)
+    W = rng.integers(-127, 128, size=(100, 5))
+    x = rng.integers(0, 256, size=(9, 100)).astype(np.float32)
+    kw = dict(rows=64, cols=64, flip_cols=rng.random(20) < 0.5, shift=np.full(5, 12), bias=np.full(5, 1 << 20))
+    narrow = dense_program(W, adc_bits=5, **kw)
+    out, rep = run_program(narrow, {"x": x})
+    assert ran == [True] and rep["layers"][0]["path"] == "bit-level"
+    out_u, rep_u = _run_unfused(narrow, {"x": x})
+    np.testing.assert_array_equal(out["y"], out_u["y"])
+    assert _report_without_timings(rep) == _report_without_timings(rep_u)
+    exact = run_program(dense_program(W, **kw), {"x": x})[0]
+    assert not np.array_equal(out["y"], exact["y"])
