@@ -143,6 +143,46 @@ def adc_shiftadd_bytes(S, thr, keep, v, Wp, w0, tgt, cf, out, sums):
 
 
 @njit(**_JIT)
+def adc_shiftadd_bytes_uniform(S, thr, v, Wp, w0, tgt, cf, out, sums):
+    """``adc_shiftadd_bytes`` when every column saturates at the same ``thr`` (drop-lsb: none)
+    and every result stays below 2^24: the same arithmetic in float32, exact on these integers
+    (byte j is ⌊x / 2^(8j)⌋ mod 2^8, by power-of-two scalings and floors), over the block's
+    P·Wq words as one run per step, so the loop runs in full-width SIMD whatever Wq."""
+    T, P, Wq = S.shape
+    C, L = tgt.size, P * Wq
+    a0 = np.zeros(L, dtype=np.float32)
+    a1 = np.zeros(L, dtype=np.float32)
+    a2 = np.zeros(L, dtype=np.float32)
+    h16, f16 = np.float32(1.0 / 65536.0), np.float32(65536.0)
+    h8, f8 = np.float32(1.0 / 256.0), np.float32(256.0)
+    base, th = np.float32(2.0**v), np.float32(thr)
+    for t in range(T):
+        row = S[t].reshape(L)
+        for k in range(L):
+            x = row[k]
+            b2 = np.floor(x * h16)
+            r = x - b2 * f16
+            b1 = np.floor(r * h8)
+            a0[k] = a0[k] * base + min(r - b1 * f8, th)
+            a1[k] = a1[k] * base + min(b1, th)
+            a2[k] = a2[k] * base + min(b2, th)
+    for i in range(P):
+        dst, tot = out[i], sums[i]
+        for j in range(3):
+            c0 = j * Wp + w0
+            m = max(0, min(Wq, C - c0))
+            acc = a0 if j == 0 else (a1 if j == 1 else a2)
+            src, tg, co = acc[i * Wq : i * Wq + m], tgt[c0 : c0 + m], cf[c0 : c0 + m]
+            for w in range(m):
+                k = tg[w]
+                r = np.int64(src[w])
+                if k >= 0:
+                    tot[k] += co[w] * r
+                elif k <= -2:
+                    dst[-2 - k] = r
+
+
+@njit(**_JIT)
 def columns_into_sums(res, tgt, cf, out, sums):
     """A crossbar's column results ``res`` [P, C] taken by a fused shiftadd as
     ``adc_shiftadd_bytes`` takes its own: tgt[c] >= 0 adds cf[c]·res[·, c] to sums[·, tgt[c]],
