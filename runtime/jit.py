@@ -39,14 +39,17 @@ def _requant_line(acc, bias, mult, shift, zp, lo, hi, dst):
 
 
 @njit(**_JIT)
-def requant_rows(acc, bias, mult, shift, zp, lo, hi, dst):
-    """The requantization of a fused layer's block: ``acc`` [N, b, h, Wa] exact integer sums
-    (any numeric type; columns past ``dst``'s width Wo <= Wa are ignored) into ``dst`` [N, b, h, Wo]."""
-    N, nb, nh, Wo = dst.shape
-    for n in range(N):
+def requant_block(acc, bias, mult, shift, zp, lo, hi, out, b0, n0, h0):
+    """The requantization of a fused layer's block: ``acc`` [n, nb, nh, Wo] exact integer sums
+    (any numeric type) into out[b0 + b, n0 + n, h0 : h0 + nh] of the layer's output [B, N, Ho, Wo],
+    channel n with bias[n], mult[n], shift[n]. Each (image, channel) is one line of nh·Wo: both
+    arrays are whole C-ordered arrays, so the loop is contiguous and vectorizes."""
+    n, nb, nh, Wo = acc.shape
+    L = nh * Wo
+    for c in range(n):
         for b in range(nb):
-            for h in range(nh):
-                _requant_line(acc[n, b, h, :Wo], bias[n], mult[n], shift[n], zp, lo, hi, dst[n, b, h])
+            dst = out[b0 + b, n0 + c, h0 : h0 + nh].reshape(L)
+            _requant_line(acc[c, b].reshape(L), bias[c], mult[c], shift[c], zp, lo, hi, dst)
 
 
 @njit(**_JIT)
@@ -66,17 +69,25 @@ def _dw_sums(ph, tp, to, coef, b, c, acc):
 
 
 @njit(**_JIT)
-def depthwise(ph, tp, to, coef, bias, mult, shift, zp, lo, hi, Wq, out):
-    """A depthwise layer, requantized: out[b, c, ho, wo] from channel c's phases ``ph`` [B, C, S, Lq],
-    kernel tap t reading phase tp[t] at flat offset to[t] + ho·Wq + wo (kernels_conv.run_conv).
-    The accumulator has coef's type. (bias 0, mult 1, shift 0, zp 0 and int64's range give the sums.)"""
-    B, C, Ho, Wo = out.shape
-    acc = np.empty((Ho - 1) * Wq + Wo, dtype=coef.dtype)
-    for b in range(B):
-        for c in range(C):
+def depthwise(ph, tp, to, coef, bias, mult, shift, zp, lo, hi, Wq, b0, b1, c0, c1, out, ob, oc):
+    """Images b0..b1 and channels c0..c1 of a depthwise layer, requantized: out[b − ob, c − oc, ho, wo]
+    from channel c's phases ``ph`` [B, C, S, Lq], kernel tap t reading phase tp[t] at flat offset
+    to[t] + ho·Wq + wo (kernels_conv.run_conv); channel c has coef[c], bias[c], mult[c], shift[c].
+    Whole C-ordered arrays and offsets, not views, so every loop is contiguous. The accumulator
+    has coef's type. (bias 0, mult 1, shift 0, zp 0 and int64's range give the sums.)"""
+    Ho, Wo = out.shape[2], out.shape[3]
+    L = (Ho - 1) * Wq + Wo
+    acc = np.empty(L, dtype=coef.dtype)
+    line = np.empty(L, dtype=out.dtype)  # requantized as one run (the Wq − Wo columns between rows too), then copied out
+    for b in range(b0, b1):
+        for c in range(c0, c1):
             _dw_sums(ph, tp, to, coef, b, c, acc)
+            _requant_line(acc, bias[c], mult[c], shift[c], zp, lo, hi, line)
+            dst = out[b - ob, c - oc]
             for ho in range(Ho):
-                _requant_line(acc[ho * Wq : ho * Wq + Wo], bias[c], mult[c], shift[c], zp, lo, hi, out[b, c, ho])
+                src, row = line[ho * Wq : ho * Wq + Wo], dst[ho]
+                for w in range(Wo):
+                    row[w] = src[w]
 
 
 @njit(**_JIT)

@@ -15,7 +15,7 @@ the padded input's stride phases (``jit.depthwise``) instead of a block-diagonal
 Exactness is proved once, at preparation (``plan_conv``): dense products run in float32 on chunks
 of the K axis whose worst-case partial sums stay below 2^24 (as ``kernels.LayerMatrix``), else in
 float64 below 2^53 (no plan beyond); depthwise sums in int32 or int64 by the same worst case. The
-requantization is integer arithmetic (``jit.requant_rows``), exact where ``|sum + bias|·mult <
+requantization is integer arithmetic (``jit.requant_block``), exact where ``|sum + bias|·mult <
 2^63`` holds for every possible input; where that is not proved, each block checks its actual
 sums, and a block beyond it takes the arbitrary-precision path (``kernels.requant``).
 """
@@ -170,24 +170,25 @@ def _phases(xp: np.ndarray, plan: ConvPlan, Ho: int, Wo: int) -> tuple[np.ndarra
     return ph, *taps, Wq
 
 
-def _requant(acc: np.ndarray, plan: ConvPlan, n0: int, n1: int, dst: np.ndarray, biased: bool = False) -> None:
-    """dst [n, b, h, Wo] (integer) = clamp(rne((acc + bias)·mult / 2^shift) + zp) for channels n0..n1
-    from ``acc`` [n, b, h, Wa >= Wo], exact integer sums of any type; ``biased``: acc already holds
-    the bias. Where the worst case was not proved below 2^63, the block's actual sums are checked,
-    and the rare block beyond it takes the arbitrary-precision path."""
-    bias, mult, shift = (v[n0:n1] for v in plan.ints)
+def _requant(acc: np.ndarray, plan: ConvPlan, n0: int, out: np.ndarray, b0: int, h0: int, biased: bool = False) -> None:
+    """out[b0 + b, n0 + n, h0 + h] (integer) = clamp(rne((acc + bias)·mult / 2^shift) + zp) from
+    ``acc`` [n, nb, nh, Wo] (C order), exact integer sums of any type, for channels n0..n0 + n;
+    ``biased``: acc already holds the bias. Where the worst case was not proved below 2^63, the
+    block's actual sums are checked, and the rare block beyond it takes the arbitrary-precision path."""
+    n, nb, nh, _Wo = acc.shape
+    bias, mult, shift = (v[n0 : n0 + n] for v in plan.ints)
     if biased:
         bias = np.zeros_like(bias)
     if plan.check is not None:
         bias_max, mmax = plan.check
-        a = acc[..., : dst.shape[3]]
-        amax = max(float(a.max()), -float(a.min())) if a.size else 0.0
+        amax = max(float(acc.max()), -float(acc.min())) if acc.size else 0.0
         if (int(amax) + bias_max) * mmax >= (1 << 63):
-            flat = np.ascontiguousarray(a, dtype=np.int64).reshape(n1 - n0, -1)
+            dst = out[b0 : b0 + nb, n0 : n0 + n, h0 : h0 + nh].transpose(1, 0, 2, 3)
+            flat = np.asarray(acc, dtype=np.int64).reshape(n, -1)
             y = requant(flat.T, bias, mult, shift, plan.zp, plan.lo, plan.hi, channel_major=True, out_dtype=dst.dtype)
             dst[...] = y.reshape(dst.shape)
             return
-    JIT.requant_rows(acc, bias, mult, shift, plan.zp, plan.lo, plan.hi, dst)
+    JIT.requant_block(acc, bias, mult, shift, plan.zp, plan.lo, plan.hi, out, b0, n0, h0)
 
 
 def _blocks(B: int, n: int, per_image: int, inner: int, target: int) -> list[tuple[int, int, int, int]]:
@@ -212,15 +213,13 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
 
         def dw_block(item) -> None:
             b0, b1, c0, c1 = item
-            dst, part, coef = out[b0:b1, c0:c1], ph[b0:b1, c0:c1], plan.dw[c0:c1]
             if plan.check is None:
-                bias, mult, shift = (v[c0:c1] for v in plan.ints)
-                JIT.depthwise(part, tp, to, coef, bias, mult, shift, plan.zp, plan.lo, plan.hi, Wq, dst)
+                JIT.depthwise(ph, tp, to, plan.dw, *plan.ints, plan.zp, plan.lo, plan.hi, Wq, b0, b1, c0, c1, out, 0, 0)
             else:  # the int64 sums (an identity requantization), then requantized beyond int64 where needed
-                sums = np.empty(dst.shape, dtype=np.int64)
-                zero, one = np.zeros(c1 - c0, dtype=np.int64), np.ones(c1 - c0, dtype=np.int64)
-                JIT.depthwise(part, tp, to, coef, zero, one, zero, 0, -(1 << 63), (1 << 63) - 1, Wq, sums)
-                _requant(sums.transpose(1, 0, 2, 3), plan, c0, c1, dst.transpose(1, 0, 2, 3))
+                sums = np.empty((b1 - b0, c1 - c0, Ho, Wo), dtype=np.int64)
+                zero, one = np.zeros(C, dtype=np.int64), np.ones(C, dtype=np.int64)
+                JIT.depthwise(ph, tp, to, plan.dw, zero, one, zero, 0, -(1 << 63), (1 << 63) - 1, Wq, b0, b1, c0, c1, sums, b0, c0)
+                _requant(np.ascontiguousarray(sums.transpose(1, 0, 2, 3)), plan, c0, out, b0, 0)
 
         _map(dw_block, _blocks(B, C, C * Ho * Wo, Ho * Wo, SUM_BLOCK_ELEMS))
         return out
@@ -251,7 +250,7 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
             for k0, k1, wt in plan.chunks:
                 part = wt @ xt[k0:k1]
                 acc = part.astype(np.float64) if acc is None else np.add(acc, part, out=acc)
-        _requant(acc.reshape(N, nb, nh, Wo), plan, 0, N, out[b0:b1, :, h0:h1].transpose(1, 0, 2, 3), biased=ones_row)
+        _requant(acc.reshape(N, nb, nh, Wo), plan, 0, out, b0, h0, biased=ones_row)
 
     _map(dense_block, _blocks(B, Ho, Ho * Wo, Wo, target))
     return out
