@@ -1053,6 +1053,8 @@ class Machine:
         self.pc, self.instr = sa, sa_ins
         plan.apply_unit_terms(kept, sums, vmax, stored)
         out = self.write(sa_ins.fields["dst"], sums)
+        if out is sums:  # |sum| <= (largest column result)·Σ|coefficients of an output| (exact_for)
+            self.vbounds[sa_ins.fields["dst"]] = (out, -vmax * plan.coef_bound, vmax * plan.coef_bound)
         stats[sa].add(self._shiftadd_events(sa_ins, cols_name, P, DTYPES[cdecl.dtype].itemsize, out.nbytes))
         return sa + 1
 
@@ -1139,17 +1141,20 @@ class Machine:
             raise ProgramError(f"instruction {n} (requant) clamps to [{lo}, {hi}], beyond the range of buffer {dst_name!r} ({decl.dtype})")
         # results lie in [lo, hi], within the buffer type: written narrow (less to move)
         sb = self._bounds(ins.fields["src"], src)
-        y = K.requant(src, bias, mult, shift, int(_need(ins, "zp", n)), lo, hi, channel_major=cm, out_dtype=DTYPES[decl.dtype],
-                      src_bound=None if sb is None else max(-sb[0], sb[1]))
+        zp, odt = int(_need(ins, "zp", n)), DTYPES[decl.dtype]
         if layout == "nchw":
             Ho, Wo = (int(v) for v in _need(ins, "out_hw", n))
             if Ho * Wo <= 0 or src.shape[0] % (Ho * Wo):
                 raise ProgramError(f"instruction {n} (requant): {src.shape[0]} rows are not a whole number of {Ho}x{Wo} maps")
-            if cm:
-                y = y.reshape(N, -1, Ho, Wo).transpose(1, 0, 2, 3)
+            y = self._requant_nchw_int64(src, bias, mult, shift, zp, lo, hi, sb, Ho * Wo, odt)
+            if y is not None:
+                y = y.reshape(-1, N, Ho, Wo)
             else:
-                y = y.reshape(-1, Ho, Wo, N).transpose(0, 3, 1, 2)
+                y = K.requant(src, bias, mult, shift, zp, lo, hi, channel_major=cm, out_dtype=odt,
+                              src_bound=None if sb is None else max(-sb[0], sb[1]))
+                y = y.reshape(N, -1, Ho, Wo).transpose(1, 0, 2, 3) if cm else y.reshape(-1, Ho, Wo, N).transpose(0, 3, 1, 2)
         elif layout == "flat":
+            y = K.requant(src, bias, mult, shift, zp, lo, hi, out_dtype=odt, src_bound=None if sb is None else max(-sb[0], sb[1]))
             fixed = decl.shape[1:]
             if int(np.prod(fixed)) == 0 or y.size % int(np.prod(fixed)):
                 raise ProgramError(f"instruction {n} (requant): {y.size} results do not fill buffer {dst_name!r} {decl.shape}")
@@ -1160,6 +1165,26 @@ class Machine:
         self.vbounds[dst_name] = (out, lo, hi)  # clamped
         self._inherit(dst_name, [ins.fields["src"]])
         return {"digital_ops": out.size, "buffer_read_bytes": src.nbytes, "buffer_write_bytes": out.nbytes}
+
+    def _requant_nchw_int64(self, src, bias, mult, shift, zp, lo, hi, sb, HW, out_dtype) -> np.ndarray | None:
+        """requant to NCHW as one compiled int64 pass (``jit.requant_nchw``) where every
+        (src + bias)·mult is proved below 2^63 (from the source's known bound, else a scan);
+        [B, N, HW], or None (then the general path)."""
+        if src.dtype.kind not in "iu" or not src.flags.c_contiguous or not src.size:
+            return None
+        if sb is None:
+            sb = (int(src.min()), int(src.max()))
+        N = src.shape[1]
+        bias, mult, shift = (np.ascontiguousarray(np.broadcast_to(v, (N,))) for v in (bias, mult, shift))
+        amax = max(-sb[0], sb[1]) + int(np.abs(bias).max())
+        if amax * int(np.abs(mult).max()) >= (1 << 63):
+            return None
+        B = src.shape[0] // HW
+        out = np.empty((B, N, HW), dtype=out_dtype)
+        step = max(1, (1 << 16) // max(N, 1))
+        items = [(b, q0, min(HW, q0 + step)) for b in range(B) for q0 in range(0, HW, step)]
+        K._map(lambda it: JIT.requant_nchw(src, bias, mult, shift, zp, lo, hi, out, *it), items)
+        return out
 
     # ------------------------------------------------------------------- digital instructions
 

@@ -53,6 +53,23 @@ def requant_block(acc, bias, mult, shift, zp, lo, hi, out, b0, n0, h0):
 
 
 @njit(**_JIT)
+def requant_nchw(src, bias, mult, shift, zp, lo, hi, out, b, q0, q1):
+    """A requant instruction to the NCHW layout (isa.md §3.4), for image b's pixels q0..q1:
+    out[b, n, q] from src[b·HW + q, n] (``src`` [B·HW, N] exact integers, ``out`` [B, N, HW]),
+    through a small column buffer per 32 pixels, so every line written is contiguous."""
+    HW, N = out.shape[2], out.shape[1]
+    Q = 32
+    col = np.empty(Q, dtype=np.int64)
+    for a in range(q0, q1, Q):
+        m = min(q1, a + Q) - a
+        blk = src[b * HW + a : b * HW + a + m]
+        for n in range(N):
+            for q in range(m):
+                col[q] = np.int64(blk[q, n])
+            _requant_line(col[:m], bias[n], mult[n], shift[n], zp, lo, hi, out[b, n, a : a + m])
+
+
+@njit(**_JIT)
 def _dw_sums(ph, tp, to, coef, b, c, acc):
     """acc[:L] = Σ_t coef[c, t]·ph[b, c, tp[t], to[t] : to[t] + L]: one channel's depthwise sums
     on the stride-phase grid (L = acc.size)."""

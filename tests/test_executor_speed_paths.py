@@ -258,7 +258,7 @@ def test_im2col_equals_reference(B, C, H, k, s, p, d, seed):
 @given(st.integers(1, 300), st.integers(1, 20), st.integers(0, 2**31), st.booleans(), st.sampled_from([None, np.uint8, np.int8, np.int16]))
 def test_requant_with_a_proven_bound_equals_requant_without(P, N, seed, cm, out_dtype):
     """kernels.requant given a bound on |src| (float64 without int64 sums) against the scanned path
-    and against spec/isa.md §3.4 in Python integers."""
+    and against spec/isa.md §3.4 in Python integers; likewise the compiled requant to NCHW."""
     rng = np.random.default_rng(seed)
     vmax = int(rng.choice([100, 1 << 20, 1 << 40]))
     src = rng.integers(-vmax, vmax + 1, (P, N)).astype(np.int64)
@@ -280,3 +280,12 @@ def test_requant_with_a_proven_bound_equals_requant_without(P, N, seed, cm, out_
         want[idx] = min(max(q + zp, lo), hi)
     got = b.T if cm else b
     assert (got.astype(object) == want).all()
+    # the compiled requant to NCHW (executor's requant instruction, int64 where proved exact): P = B·HW
+    from runtime import jit as JIT  # noqa: PLC0415
+
+    if vmax < (1 << 40):  # (1000 + 2^40)·2^15 passes 2^63: that case takes kernels.requant
+        HW = next(d for d in (7, 5, 3, 2, 1) if P % d == 0)
+        nchw = np.empty((P // HW, N, HW), dtype=np.dtype(np.int64 if out_dtype is None else out_dtype))
+        for bi in range(P // HW):
+            JIT.requant_nchw(src, bias, mult, shift, zp, lo, hi, nchw, bi, 0, HW)
+        assert (nchw.transpose(0, 2, 1).reshape(P, N).astype(object) == want).all()
