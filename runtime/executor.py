@@ -610,6 +610,20 @@ class Machine:
                     self.sa_plans[key] = K.ShiftaddPlan(colmap, ddecl.shape[1], sdecl.shape[1])
             except (KeyError, TypeError, ValueError, ProgramError):
                 continue
+        for first in self.run_shiftadds:  # the folded shiftadds (their plans, and the kernels they call)
+            fusion = self._run_fusion(first, fast_path)
+            if fusion is not None and fusion[1]:
+                _warm("columns", JIT.columns_into_sums, np.zeros((1, 1), dtype=np.int64), np.full(1, -1, dtype=np.int64),
+                      np.zeros(1, dtype=np.int64), np.zeros((1, 0), dtype=np.int64), np.zeros((1, 0), dtype=np.int64))
+        for ins in self.instrs:  # requant instructions to NCHW, per source and destination type
+            if ins.opcode != "requant" or ins.fields.get("layout") != "nchw":
+                continue
+            sdecl, ddecl = (self.buffers.get(v) if isinstance(v, str) else None for v in (ins.fields.get("src"), ins.fields.get("dst")))
+            if sdecl is not None and ddecl is not None:
+                st, dt = DTYPES[sdecl.dtype], DTYPES[ddecl.dtype]
+                one = np.ones(1, dtype=np.int64)
+                _warm(("requant", st.str, dt.str), JIT.requant_nchw, np.zeros((1, 1), dtype=st), one, one, one, 0, 0, 0,
+                      np.zeros((1, 1, 1), dtype=dt), 0, 0, 1)
         self.prepared.add(fast_path)
 
     def _nz_table(self, bits: int, dac: int, dtype: np.dtype) -> np.ndarray | None:
@@ -1175,7 +1189,7 @@ class Machine:
         if sb is None:
             sb = (int(src.min()), int(src.max()))
         N = src.shape[1]
-        bias, mult, shift = (np.ascontiguousarray(np.broadcast_to(v, (N,))) for v in (bias, mult, shift))
+        bias, mult, shift = (np.array(np.broadcast_to(v, (N,)), dtype=np.int64) for v in (bias, mult, shift))  # (writable: one kernel type)
         amax = max(-sb[0], sb[1]) + int(np.abs(bias).max())
         if amax * int(np.abs(mult).max()) >= (1 << 63):
             return None
@@ -1431,6 +1445,7 @@ def run_program(
     B = check_inputs(program, inputs, m.buffers)
     tp = time.perf_counter()
     m.prepare(fast_path)
+    _blas_controller()  # (finding the BLAS libraries takes milliseconds: not in the timed run)
     prepare_wall = time.perf_counter() - tp
     if batch_size is not None and int(batch_size) < 1:
         raise RunInputError("batch size must be at least 1")
@@ -1486,20 +1501,40 @@ def run_program(
 _BLAS_CONTROLLER: list = []  # the threadpoolctl controller, found once (finding the libraries is slow)
 
 
+#: the compiled kernels the executor calls itself, already run once in this process (numba
+#: compiles, or loads from its cache, per process and per argument types: not in a timed run)
+_WARMED: set = set()
+
+
+def _warm(kind, kernel, *args) -> None:
+    if kind not in _WARMED:
+        _WARMED.add(kind)
+        kernel(*args)
+
+
 def _blas_single_thread():
     """Limit BLAS to one thread for the run (restored after it), when threadpoolctl is installed:
     the kernels' BLAS calls are many and small, and a multi-threaded BLAS sharing cores with
     other work spins; the kernels run independent blocks on their own worker threads instead."""
     if K.WORKERS <= 1:
         return None
+    ctl = _blas_controller()
     try:
-        if not _BLAS_CONTROLLER:
+        return None if ctl is None else ctl.limit(limits=1, user_api="blas")
+    except Exception:  # noqa: BLE001 - an unusual BLAS setup: run as is
+        return None
+
+
+def _blas_controller():
+    """threadpoolctl's controller of this process's BLAS libraries (found once), or None."""
+    if not _BLAS_CONTROLLER:
+        try:
             from threadpoolctl import ThreadpoolController  # noqa: PLC0415
 
             _BLAS_CONTROLLER.append(ThreadpoolController())
-        return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
-    except Exception:  # noqa: BLE001 - no threadpoolctl, or an unusual BLAS setup: run as is
-        return None
+        except Exception:  # noqa: BLE001 - no threadpoolctl, or an unusual BLAS setup
+            _BLAS_CONTROLLER.append(None)
+    return _BLAS_CONTROLLER[0]
 
 
 def _fingerprint(program: Program) -> tuple:

@@ -291,10 +291,11 @@ class XbarGroup:
         if bits < 1 or dac_bits < 1:
             return
         plan = self.byte_plan(bits, dac_bits)
+        kind = "bytes-uniform" if plan is not None and _uniform_adc(plan, bits, dac_bits) else "bytes"
         if plan is None:
             self.cells_as(_pack_params(self.max_col_sum, bits, dac_bits)[2])
-        elif "bytes" not in _WARM:
-            _WARM.add("bytes")
+        elif kind not in _WARM:  # (each of the two ADC kernels, once a process)
+            _WARM.add(kind)
             x = np.zeros((1, int(self.row_idx.max()) + 1 if self.row_idx.size else 1), dtype=np.uint8)
             _mvm_group_bytes(x, self, plan, bits, dac_bits, np.zeros((1, int(self.offsets[-1])), dtype=np.int64))
 
@@ -373,6 +374,12 @@ def _byte_plan(g: XbarGroup, bits: int, dac_bits: int) -> _BytePlan | None:
     return _BytePlan(Wp, np.ascontiguousarray(packed), thr, keep, uniform)
 
 
+def _uniform_adc(plan: _BytePlan, bits: int, dac_bits: int) -> bool:
+    """One saturation threshold for all columns, and column results below 2^24: the float32 ADC
+    kernel (``jit.adc_shiftadd_bytes_uniform``) is exact."""
+    return plan.uniform is not None and 8 + -(-bits // dac_bits) * dac_bits <= 24
+
+
 def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int, dac_bits: int, out: np.ndarray,
                      shiftadd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> int:
     """``mvm_group`` when one read's column sum is below 2^8: three columns share a float32 word
@@ -391,8 +398,7 @@ def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int
         tgt, cf, sums = -2 - np.arange(C, dtype=np.int64), np.zeros(C, dtype=np.int64), np.empty((P, 0), dtype=np.int64)
     else:
         tgt, cf, sums = shiftadd
-    # one threshold for all columns, and results below 2^24: the float32 ADC kernel
-    uniform = plan.uniform is not None and 8 + T * dac_bits <= 24
+    uniform = _uniform_adc(plan, bits, dac_bits)
 
     def unit(p0: int, p1: int, w0: int, w1: int) -> int:
         x = src2d[p0:p1, g.row_sel].astype(small, copy=False)  # [p, R]
@@ -720,7 +726,7 @@ class ShiftaddPlan:
     def apply_unit_terms(self, src: np.ndarray, acc: np.ndarray, vmax: int | None = None,
                          stored: np.ndarray | None = None) -> np.ndarray:
         """acc += what the flipped columns' unit columns and the broadcast columns add (the terms
-        besides the direct columns' runs); reads only those columns of ``src``, or, with
+        besides the direct columns' own); reads only those columns of ``src``, or, with
         ``stored`` (``column_targets``), ``src`` holds just the stored columns, in that order."""
         units, bcols = self.units, self.bcols
         if stored is not None:
