@@ -221,7 +221,7 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
                 JIT.depthwise(ph, tp, to, plan.dw, zero, one, zero, 0, -(1 << 63), (1 << 63) - 1, Wq, b0, b1, c0, c1, sums, b0, c0)
                 _requant(np.ascontiguousarray(sums.transpose(1, 0, 2, 3)), plan, c0, out, b0, 0)
 
-        _map(dw_block, _blocks(B, C, C * Ho * Wo, Ho * Wo, SUM_BLOCK_ELEMS))
+        _map(dw_block, _blocks(B, C, C * Ho * Wo, Ho * Wo, SUM_BLOCK_ELEMS), work=B * C * Ho * Wo * kh * kw)
         return out
     # dense: blocks of output rows, X^T [K, images·rows·Wo] copied (and converted) from the view
     win = _window(xp, plan, Ho, Wo)
@@ -252,7 +252,7 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
                 acc = part.astype(np.float64) if acc is None else np.add(acc, part, out=acc)
         _requant(acc.reshape(N, nb, nh, Wo), plan, 0, out, b0, h0, biased=ones_row)
 
-    _map(dense_block, _blocks(B, Ho, Ho * Wo, Wo, target))
+    _map(dense_block, _blocks(B, Ho, Ho * Wo, Wo, target), work=B * Ho * Wo * K * N)
     return out
 
 
