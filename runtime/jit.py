@@ -129,6 +129,20 @@ def bit_planes(x, T, v, planes):
 
 
 @njit(**_JIT)
+def _take_columns(res, tgt, cf, dst, tot):
+    """One read's column results ``res`` [m] (exact integers) where ``tgt`` says: stored at
+    dst[−2 − tgt[c]] (tgt <= −2), added to a fused shiftadd's sums as tot[tgt[c]] += cf[c]·res[c]
+    (tgt >= 0), or dropped (−1)."""
+    for c in range(res.size):
+        k = tgt[c]
+        r = np.int64(res[c])
+        if k >= 0:
+            tot[k] += cf[c] * r
+        elif k <= -2:
+            dst[-2 - k] = r
+
+
+@njit(**_JIT)
 def adc_shiftadd_bytes(S, thr, keep, v, Wp, w0, tgt, cf, out, sums):
     """The ADC and shift-and-add of a byte-packed crossbar product (kernels._mvm_group_bytes):
     ``S`` [T, P, Wq] float32 exact integers whose byte j of word w holds one read's sum of column
@@ -158,16 +172,9 @@ def adc_shiftadd_bytes(S, thr, keep, v, Wp, w0, tgt, cf, out, sums):
                 a0[w] = (a0[w] << v) + (min(word & 255, t0[w]) & k0[w])
                 a1[w] = (a1[w] << v) + (min((word >> 8) & 255, t1[w]) & k1[w])
                 a2[w] = (a2[w] << v) + (min((word >> 16) & 255, t2[w]) & k2[w])
-        dst, tot = out[i], sums[i]
         for j in range(3):
             c0 = j * Wp + w0
-            src, tg, co = acc[j], tgt[c0 : c0 + n[j]], cf[c0 : c0 + n[j]]
-            for w in range(n[j]):
-                k = tg[w]
-                if k >= 0:
-                    tot[k] += co[w] * src[w]
-                elif k <= -2:
-                    dst[-2 - k] = src[w]
+            _take_columns(acc[j, : n[j]], tgt[c0 : c0 + n[j]], cf[c0 : c0 + n[j]], out[i], sums[i])
 
 
 @njit(**_JIT)
@@ -195,19 +202,11 @@ def adc_shiftadd_bytes_uniform(S, thr, v, Wp, w0, tgt, cf, out, sums):
             a1[k] = a1[k] * base + min(b1, th)
             a2[k] = a2[k] * base + min(b2, th)
     for i in range(P):
-        dst, tot = out[i], sums[i]
         for j in range(3):
             c0 = j * Wp + w0
             m = max(0, min(Wq, C - c0))
             acc = a0 if j == 0 else (a1 if j == 1 else a2)
-            src, tg, co = acc[i * Wq : i * Wq + m], tgt[c0 : c0 + m], cf[c0 : c0 + m]
-            for w in range(m):
-                k = tg[w]
-                r = np.int64(src[w])
-                if k >= 0:
-                    tot[k] += co[w] * r
-                elif k <= -2:
-                    dst[-2 - k] = r
+            _take_columns(acc[i * Wq : i * Wq + m], tgt[c0 : c0 + m], cf[c0 : c0 + m], out[i], sums[i])
 
 
 @njit(**_JIT)
@@ -215,15 +214,8 @@ def columns_into_sums(res, tgt, cf, out, sums):
     """A crossbar's column results ``res`` [P, C] taken by a fused shiftadd as
     ``adc_shiftadd_bytes`` takes its own: tgt[c] >= 0 adds cf[c]·res[·, c] to sums[·, tgt[c]],
     tgt[c] <= −2 stores it at out[·, −2 − tgt[c]], −1 drops it."""
-    P, C = res.shape
-    for i in range(P):
-        r, dst, tot = res[i], out[i], sums[i]
-        for c in range(C):
-            k = tgt[c]
-            if k >= 0:
-                tot[k] += cf[c] * r[c]
-            elif k <= -2:
-                dst[-2 - k] = r[c]
+    for i in range(res.shape[0]):
+        _take_columns(res[i], tgt, cf, out[i], sums[i])
 
 
 @njit(**_JIT)
