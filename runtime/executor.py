@@ -964,9 +964,10 @@ class Machine:
 
     def _run_fusion(self, first: int, fast_path: bool):
         """What ``_run_bitlevel_layer`` needs besides the data, or None where it does not apply
-        (built once per run and path): every mvm of the run is in a bit-level group with a
-        byte-packed plan, the groups' columns lie side by side and apart in the i64 column buffer,
-        and every sum stays exact in int64."""
+        (built once per run and path): every mvm of the run is either on a provably lossless
+        crossbar (fast path only) or in a bit-level group with a byte-packed plan, their columns
+        lie apart in the i64 column buffer (a group's side by side), and every sum stays exact in
+        int64."""
         key = (first, fast_path)
         if key in self.run_fusions:
             return self.run_fusions[key]
