@@ -1066,7 +1066,7 @@ class Machine:
             self._group_events(members, bits, src2d, dac_ones)
         sa_ins = self.instrs[sa]
         self.pc, self.instr = sa, sa_ins
-        plan.apply_unit_terms(kept, sums, vmax, stored)
+        plan.apply_unit_terms(kept, sums, vmax, compact=True)
         out = self.write(sa_ins.fields["dst"], sums)
         if out is sums:  # |sum| <= (largest column result)·Σ|coefficients of an output| (exact_for)
             self.vbounds[sa_ins.fields["dst"]] = (out, -vmax * plan.coef_bound, vmax * plan.coef_bound)
@@ -1502,14 +1502,9 @@ def run_program(
 _BLAS_CONTROLLER: list = []  # the threadpoolctl controller, found once (finding the libraries is slow)
 
 
-#: the compiled kernels the executor calls itself, already run once in this process (numba
-#: compiles, or loads from its cache, per process and per argument types: not in a timed run)
-_WARMED: set = set()
-
-
 def _warm(kind, kernel, *args) -> None:
-    if kind not in _WARMED:
-        _WARMED.add(kind)
+    """Run a compiled kernel the executor calls itself once a process (``kernels.first_time``)."""
+    if K.first_time(kind):
         kernel(*args)
 
 

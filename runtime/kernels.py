@@ -269,8 +269,17 @@ def _map(fn, items: list, work: int | None = None) -> list:
     return list(_POOL.map(fn, items))
 
 
-#: the compiled bit-level loops already run once in this process (see XbarGroup.prepare)
-_WARM: set[str] = set()
+#: what has already run once in this process so that numba compiled (or loaded) its kernels
+_WARMED: set = set()
+
+
+def first_time(kind) -> bool:
+    """True the first time ``kind`` (a kernel and its operand types) is asked for in this process:
+    numba compiles per process and per argument types, so each kind is run once before a timed run."""
+    if kind in _WARMED:
+        return False
+    _WARMED.add(kind)
+    return True
 
 
 class XbarGroup:
@@ -301,8 +310,7 @@ class XbarGroup:
         kind = "bytes-uniform" if plan is not None and _uniform_adc(plan, bits, dac_bits) else "bytes"
         if plan is None:
             self.cells_as(_pack_params(self.max_col_sum, bits, dac_bits)[2])
-        elif kind not in _WARM:  # (each of the two ADC kernels, once a process)
-            _WARM.add(kind)
+        elif first_time(kind):  # (each of the two ADC kernels, once a process)
             x = np.zeros((1, int(self.row_idx.max()) + 1 if self.row_idx.size else 1), dtype=np.uint8)
             _mvm_group_bytes(x, self, plan, bits, dac_bits, np.zeros((1, int(self.offsets[-1])), dtype=np.int64))
 
@@ -679,8 +687,7 @@ class ShiftaddPlan:
         # the compiler's layout: per row block, outputs 0..N-1 each with D consecutive columns.
         # Such runs are summed per row of the source (jit.shiftadd_run), without the gather
         self.runs = _direct_runs(out, coef, n_out)
-        if self.runs and "shiftadd" not in _WARM:  # compile (or load) the run's loop before a run
-            _WARM.add("shiftadd")
+        if self.runs and first_time("shiftadd"):  # compile (or load) the run's loop before a run
             self.apply(np.zeros((1, ncols), dtype=np.int64), None)
         # Σ |coefficients| reaching one output: the exactness bound per unit of |src|
         per_out = np.abs(self.cf).sum(axis=1) + np.abs(self.E).sum(axis=0)
@@ -728,16 +735,16 @@ class ShiftaddPlan:
         if direct[stored].any():
             return None
         tgt[stored] = -2 - np.arange(stored.size, dtype=np.int64)
+        # where the unit terms find their columns among the stored ones (apply_unit_terms, compact)
+        self.compact_cols = np.searchsorted(stored, self.units), np.searchsorted(stored, self.bcols)
         return tgt, cf, stored
 
     def apply_unit_terms(self, src: np.ndarray, acc: np.ndarray, vmax: int | None = None,
-                         stored: np.ndarray | None = None) -> np.ndarray:
+                         compact: bool = False) -> np.ndarray:
         """acc += what the flipped columns' unit columns and the broadcast columns add (the terms
-        besides the direct columns' own); reads only those columns of ``src``, or, with
-        ``stored`` (``column_targets``), ``src`` holds just the stored columns, in that order."""
-        units, bcols = self.units, self.bcols
-        if stored is not None:
-            units, bcols = np.searchsorted(stored, units), np.searchsorted(stored, bcols)
+        besides the direct columns' own); reads only those columns of ``src``, or, ``compact``,
+        ``src`` holds just the columns ``column_targets`` stores, in that order."""
+        units, bcols = self.compact_cols if compact else (self.units, self.bcols)
         if units.size:
             u = src[:, units]
             if vmax is not None and vmax * self.e_bound < (1 << 53):  # every partial sum exact in float64

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime import jit as JIT
-from runtime.kernels import LayerMatrix, _map, requant
+from runtime.kernels import LayerMatrix, _map, first_time, requant
 
 #: elements of one block's float32 input columns (K x block) and of its sums (N x block)
 XT_BLOCK_ELEMS = 1 << 17
@@ -256,18 +256,13 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
     return out
 
 
-#: the kinds of plan (kernel, operand types) run once in this process by warm_up
-_WARMED: set[tuple] = set()
-
-
 def warm_up(plan: ConvPlan, src_dtype, out_dtype) -> None:
     """Run ``plan`` once on a smallest input, so that numba compiles the kernels it calls for these
     operand types (or loads them from its cache) before a run is timed; once per kind a process."""
-    kind = (plan.dw.dtype.str if plan.dw is not None else plan.wt64 is None, plan.biased is None,
+    kind = ("conv", plan.dw.dtype.str if plan.dw is not None else plan.wt64 is None, plan.biased is None,
             plan.check is None, np.dtype(src_dtype).str, np.dtype(out_dtype).str)
-    if kind in _WARMED:
+    if not first_time(kind):
         return
-    _WARMED.add(kind)
     (kh, kw), (pt, pl, pb, pr), (dh, dw) = plan.kernel, plan.pad, plan.dilation
     h, w = max(1, dh * (kh - 1) + 1 - pt - pb), max(1, dw * (kw - 1) + 1 - pl - pr)
     run_conv(np.zeros((1, plan.C, h, w), dtype=src_dtype), plan, out_dtype)
