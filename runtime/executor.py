@@ -188,6 +188,8 @@ class Machine:
         #: the same keys -> executions so far: (P, itemsize, home, dac_ones per row block)
         self.fused_pending: dict[tuple, list] = {}
         self.prepared: set[bool] = set()
+        #: per path: the im2col results stored column by column (only sparse products read them)
+        self.k_major: dict[bool, set] = {}
         self.nz_tables: dict[tuple[int, int], np.ndarray] = {}
 
     def _conv_chains(self, last: dict[str, int], keep: set[str]) -> dict[int, tuple[int, int, int]]:
@@ -582,8 +584,10 @@ class Machine:
                             KC.warm_up(plan, DTYPES[sdecl.dtype], DTYPES[odecl.dtype])
                     except (KeyError, TypeError, ValueError, ProgramError):
                         pass  # execution reports what is wrong
+        column_readers: dict[str, list[bool]] = {}  # an im2col's columns -> does each mvm set read them by the sparse product
         for first, sets in self.mvm_runs.items():
             for members in sets:
+                sparse = False
                 try:
                     slow = []
                     for k in members:
@@ -594,9 +598,14 @@ class Machine:
                             slow.append(k)
                     if slow:
                         f = self.instrs[slow[0]].fields
-                        self._group_of(slow).prepare(int(f["bits"]), int(f["dac_bits"]))
+                        g = self._group_of(slow)
+                        g.prepare(int(f["bits"]), int(f["dac_bits"]))
+                        sparse = len(slow) == len(members) and g.sparse_plan(int(f["bits"]), int(f["dac_bits"])) is not None
                 except (KeyError, TypeError, ValueError, ProgramError):
-                    continue  # execution reports what is wrong
+                    pass  # execution reports what is wrong
+                column_readers.setdefault(self.instrs[first].fields.get("src"), []).append(sparse)
+        self.k_major[fast_path] = {ins.fields.get("dst") for ins in self.instrs if ins.opcode == "im2col"
+                                   and all(column_readers.get(ins.fields.get("dst"), [False]))}
         for ins in self.instrs:
             if ins.opcode != "shiftadd":
                 continue
@@ -797,7 +806,7 @@ class Machine:
         dst_name = _need(ins, "dst", self.pc)
         pv = int(_need(ins, "pad_value", self.pc))
         out = K.im2col(src, _need(ins, "kernel", self.pc), _need(ins, "stride", self.pc), _need(ins, "pad", self.pc),
-                       _need(ins, "dilation", self.pc), pv)
+                       _need(ins, "dilation", self.pc), pv, k_major=dst_name in self.k_major.get(fast, ()))
         out = self.write(dst_name, out)
         b = self._bounds(f["src"], src)
         if b is not None:  # the source's codes and the pad value
@@ -965,7 +974,7 @@ class Machine:
     def _run_fusion(self, first: int, fast_path: bool):
         """What ``_run_bitlevel_layer`` needs besides the data, or None where it does not apply
         (built once per run and path): every mvm of the run is either on a provably lossless
-        crossbar (fast path only) or in a bit-level group with a byte-packed plan, their columns
+        crossbar (fast path only) or in a bit-level group with a byte-packed or sparse plan, their columns
         lie apart in the i64 column buffer (a group's side by side), and every sum stays exact in
         int64."""
         key = (first, fast_path)
@@ -1007,7 +1016,7 @@ class Machine:
             if slow:
                 g = self._group_of(slow)
                 c0 = int(self.instrs[slow[0]].fields["col0"])
-                if g.byte_plan(bits, dac) is None or any(
+                if not g.fusable(bits, dac) or any(
                         int(self.instrs[m].fields["col0"]) != c0 + int(o) for m, o in zip(slow, g.offsets[:-1])):
                     return None
                 groups.append((slow, g, c0))

@@ -2,7 +2,8 @@
 whole-array passes: on the fused fast path, a depthwise layer's multiply-adds with its
 requantization and the integer requantization of a dense layer's sums; on the bit-level path, the
 bit-planes of a crossbar group's inputs, the byte-wise ADC and shift-and-add of its packed
-product, and the shiftadd of the compiler's column runs. The products themselves stay BLAS.
+product, the whole product of a group of sparse columns (``sparse_group``), and the shiftadd of
+the compiler's column runs. The dense products themselves stay BLAS.
 
 Every kernel here is exact integer arithmetic; the caller proves the bounds that make it so
 (``kernels_conv.plan_conv``, ``kernels._byte_plan``, ``ShiftaddPlan.exact_for``): the
@@ -231,3 +232,152 @@ def shiftadd_run(src, a, cf, acc):
             for d in range(D):
                 s += row[n * D + d] * cf[n, d]
             dst[n] = s
+
+
+@njit(**_JIT)
+def _spread_block(xt, p0, p1, T, v, spt, nzc, sp, pop):
+    """The digit lanes of iterations p0..p1 (``kernels_sparse``): sp[k, r, i] = word k of
+    xt[r, p0 + i]'s digits, one per lane, most significant step first; pop[k, i] = Σ_r sp[k, r, i].
+    Returns how many digits are non-zero. ``spt`` [256, words] is the lane table of every code;
+    empty for 1-bit digits in 8-bit lanes (one word), which are spread by a multiplication instead."""
+    R = xt.shape[0]
+    n = p1 - p0
+    NW = sp.shape[0]
+    ones = 0
+    for k in range(NW):
+        pk = pop[k]
+        for i in range(n):
+            pk[i] = 0
+    if spt.shape[0] == 0:
+        # code c < 2^T copied into every byte, then byte 8 − T + t keeps bit T − 1 − t (step t),
+        # then each byte becomes 0 or 1 (+0x7F carries a non-zero byte into its top bit)
+        rep = np.uint64(0x0101010101010101)
+        m = np.uint64(0)
+        for t in range(T):
+            m |= np.uint64(1 << (T - 1 - t)) << np.uint64(8 * (8 - T + t))
+        c7, hi, s7 = np.uint64(0x7F7F7F7F7F7F7F7F), np.uint64(0x8080808080808080), np.uint64(7)
+        low = np.uint64((1 << T) - 1)
+        p = pop[0]
+        for r in range(R):
+            src, d = xt[r, p0:p1], sp[0, r]
+            for i in range(n):
+                w = ((((np.uint64(src[i]) & low) * rep) & m) + c7) & hi
+                w >>= s7
+                d[i] = w
+                p[i] += w
+        if R < 256:  # no lane of pop carries: the non-zero digits are the sum of its lanes
+            for i in range(n):
+                w = p[i]
+                w = (w & np.uint64(0x00FF00FF00FF00FF)) + ((w >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF))
+                w = (w & np.uint64(0x0000FFFF0000FFFF)) + ((w >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF))
+                ones += np.int64((w & np.uint64(0xFFFFFFFF)) + (w >> np.uint64(32)))
+        else:
+            for r in range(R):
+                src = xt[r, p0:p1]
+                for i in range(n):
+                    ones += nzc[src[i]]
+        return ones
+    for r in range(R):
+        src = xt[r, p0:p1]
+        for i in range(n):
+            c = src[i]
+            ones += nzc[c]
+            for k in range(NW):
+                w = spt[c, k]
+                sp[k, r, i] = w
+                pop[k, i] += w
+    return ones
+
+
+@njit(**_JIT)
+def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, smask, tgt, cf, out, sums, PB):
+    """The bit-level mvm of a crossbar group with sparse columns (``kernels_sparse``) on
+    iterations q0..q1 of ``xt`` [R, P] (uint8 codes of the group's used rows, row by row: the
+    transpose of the mvm's source columns), its ADC and shift-and-add,
+    and the column results taken as ``adc_shiftadd_bytes`` takes them (``tgt``, ``cf``, ``out``,
+    ``sums``). Column c's words: bg[c]·pop + Σ_e ev[e]·sp[erow[e]] (uint64, modulo 2^64: exact,
+    since every lane's true sum is below 2^Lb); its lanes saturate where a bit of HM[c] is set
+    (to TH[c]) and keep KP[c]; then pairs of lanes merge into fields (smask) until one value is
+    left per word. Blocks of PB iterations; results of one target add up in a local block
+    before they go to ``sums``. Returns how many digits are non-zero."""
+    R = xt.shape[0]
+    nl = 64 // Lb
+    NW = -(-T // nl)
+    C = bg.size
+    tmin, tmax = 1 << 62, -1
+    for c in range(C):
+        if tgt[c] >= 0:
+            tmin = min(tmin, tgt[c])
+            tmax = max(tmax, tgt[c])
+    nt = tmax - tmin + 1 if tmax >= 0 else 0
+    local = nt <= 2 * C + 16  # else each column adds into sums directly
+    sp = np.empty((NW, R, PB), dtype=np.uint64)
+    pop = np.empty((NW, PB), dtype=np.uint64)
+    acc = np.empty(PB, dtype=np.uint64)
+    res = np.empty(PB, dtype=np.int64)
+    L = np.empty((nt if local else 0, PB), dtype=np.int64)
+    low, top = np.uint64(0), np.uint64(0)
+    for l in range(nl):
+        low |= np.uint64((1 << (Lb - 1)) - 1) << np.uint64(Lb * l)
+        top |= np.uint64(1 << (Lb - 1)) << np.uint64(Lb * l)
+    lmask, sh_top = np.uint64((1 << Lb) - 1), np.uint64(Lb - 1)
+    # the merge stages (three at most: 8-bit lanes; a missing third one is the identity)
+    m0, s0, f0, h0 = smask[0], np.uint64(v), np.uint64(Lb), smask[0]
+    m1, s1, f1, h1 = smask[1], np.uint64(2 * v), np.uint64(2 * Lb), smask[1]
+    if smask.size > 2:
+        m2, s2, f2, h2 = smask[2], np.uint64(4 * v), np.uint64(4 * Lb), smask[2]
+    else:
+        m2, s2, f2, h2 = ~np.uint64(0), np.uint64(0), np.uint64(0), np.uint64(0)
+    wsh = np.empty(NW, dtype=np.uint64)  # later words hold less significant steps
+    for k in range(NW):
+        wsh[k] = v * (NW - 1 - k) * nl
+    ones = 0
+    for p0 in range(q0, q1, PB):
+        p1 = min(q1, p0 + PB)
+        n = p1 - p0
+        ones += _spread_block(xt, p0, p1, T, v, spt, nzc, sp, pop)
+        for j in range(L.shape[0]):
+            for i in range(n):
+                L[j, i] = 0
+        for c in range(C):
+            hm, th, kp = HM[c], TH[c], KP[c]
+            for k in range(NW):
+                b, pk = bg[c], pop[k]
+                for i in range(n):
+                    acc[i] = b * pk[i]
+                for e in range(ptr[c], ptr[c + 1]):
+                    s, row = ev[e], sp[k, erow[e]]
+                    for i in range(n):
+                        acc[i] += s * row[i]
+                # the ADC (every lane at once: saturate where a bit of hm is set, keep kp), the
+                # shift-and-add (pairs of fields merge, smask), and this word's weight, in one pass
+                for i in range(n):
+                    w = acc[i]
+                    h = w & hm
+                    over = ((((h & low) + low) | h) & top) >> sh_top  # 1 in each lane past the threshold
+                    m = over * lmask
+                    w = ((w & ~m) | (th & m)) & kp
+                    w = ((w & m0) << s0) + ((w >> f0) & h0)
+                    w = ((w & m1) << s1) + ((w >> f1) & h1)
+                    w = ((w & m2) << s2) + ((w >> f2) & h2)
+                    r = np.int64(w << wsh[k])
+                    res[i] = r if k == 0 else res[i] + r
+            t = tgt[c]
+            if t >= 0:
+                fc = cf[c]
+                if local:
+                    Lj = L[t - tmin]
+                    for i in range(n):
+                        Lj[i] += fc * res[i]
+                else:
+                    for i in range(n):
+                        sums[p0 + i, t] += fc * res[i]
+            elif t <= -2:
+                for i in range(n):
+                    out[p0 + i, -2 - t] = res[i]
+        if local:
+            for i in range(n):
+                srow = sums[p0 + i, tmin : tmin + nt]
+                for j in range(nt):
+                    srow[j] += L[j, i]
+    return ones

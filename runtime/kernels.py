@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runtime import kernels_sparse as KS
 from runtime.errors import ProgramError
 from runtime.intmath import clamp, mul_rne_shift, rne_shift_inplace
 
@@ -24,8 +25,10 @@ PLANE_BLOCK_BYTES = 48 << 20
 # ------------------------------------------------------------------------------------- im2col
 
 
-def im2col(src: np.ndarray, kernel, stride, pad, dilation, pad_value: int) -> np.ndarray:
-    """[B, C, H, W] -> [B·Ho·Wo, C·kh·kw] (isa.md §3.1), via a strided view of the padded input."""
+def im2col(src: np.ndarray, kernel, stride, pad, dilation, pad_value: int, k_major: bool = False) -> np.ndarray:
+    """[B, C, H, W] -> [B·Ho·Wo, C·kh·kw] (isa.md §3.1), via a strided view of the padded input.
+    ``k_major``: the same matrix stored column by column (the transpose of a C-ordered
+    [C·kh·kw, B·Ho·Wo] array), for readers that take each column whole (``kernels_sparse``)."""
     if src.ndim != 4:
         raise ProgramError(f"im2col: source must be [B, C, H, W], got shape {list(src.shape)}")
     kh, kw = (int(k) for k in kernel)
@@ -49,6 +52,15 @@ def im2col(src: np.ndarray, kernel, stride, pad, dilation, pad_value: int) -> np
         writeable=False,
     )
     CK, HW = C * kh * kw, Ho * Wo
+    if k_major:  # no transpose: each image's windows go straight to their columns
+        km = np.empty((C, kh, kw, B, Ho, Wo), dtype=src.dtype)
+        cstep = -(-C // _workers()) if CK * B * HW >= (1 << 16) else C
+
+        def fill_all(c0: int) -> None:
+            km[c0 : c0 + cstep] = view[:, c0 : c0 + cstep].transpose(1, 2, 3, 0, 4, 5)
+
+        _map(fill_all, list(range(0, C, cstep)))
+        return km.reshape(CK, B * HW).T
     out = np.empty((B * HW, CK), dtype=src.dtype)
     tmp = np.empty((C, kh, kw, Ho, Wo), dtype=src.dtype)
     flat = tmp.reshape(CK, HW)
@@ -300,11 +312,19 @@ class XbarGroup:
         self.max_col_sum = max(xb.max_col_sum for xb in xbs)
         self._f: dict[str, np.ndarray] = {}
         self._bp: dict[tuple[int, int], _BytePlan | None] = {}
+        self._sp: dict[tuple[int, int], KS.SparsePlan | None] = {}
 
     def prepare(self, bits: int, dac_bits: int) -> None:
         """Build the float cells the grouped product of these widths uses (for the byte-packed
         product: run it once on one zero input, so its compiled loops are ready before a run)."""
         if bits < 1 or dac_bits < 1:
+            return
+        if self.sparse_plan(bits, dac_bits) is not None:
+            for layout in ("C", "A"):  # the two layouts of the column results it writes
+                if first_time(("sparse", layout)):
+                    x = np.zeros((2, int(self.row_idx.max()) + 1 if self.row_idx.size else 1), dtype=np.uint8)
+                    out = np.zeros((2, 2 * int(self.offsets[-1])), dtype=np.int64)
+                    mvm_group(x, self, bits, dac_bits, out=out[:, ::2] if layout == "A" else out[:, : int(self.offsets[-1])])
             return
         plan = self.byte_plan(bits, dac_bits)
         kind = "bytes-uniform" if plan is not None and _uniform_adc(plan, bits, dac_bits) else "bytes"
@@ -328,6 +348,19 @@ class XbarGroup:
             self._bp[key] = _byte_plan(self, bits, dac_bits)
         return self._bp[key]
 
+    def sparse_plan(self, bits: int, dac_bits: int) -> KS.SparsePlan | None:
+        """The sparse product's plan (``kernels_sparse``, built once), or None where it does not
+        apply or the byte-packed product is estimated cheaper."""
+        key = (bits, dac_bits)
+        if key not in self._sp:
+            bp = self.byte_plan(bits, dac_bits)
+            self._sp[key] = KS.sparse_plan(self, bits, dac_bits, None if bp is None else bp.words)
+        return self._sp[key]
+
+    def fusable(self, bits: int, dac_bits: int) -> bool:
+        """Whether ``mvm_group`` can take a fused shiftadd (the byte-packed or the sparse product)."""
+        return self.byte_plan(bits, dac_bits) is not None or self.sparse_plan(bits, dac_bits) is not None
+
 
 def _pack_params(max_col_sum: int, bits: int, dac_bits: int):
     """(F, J, float type, int type) of the packed bit-level product: one step's column sum is
@@ -350,6 +383,8 @@ def _pack_params(max_col_sum: int, bits: int, dac_bits: int):
 BYTE_BLOCK_WORDS = 1 << 18
 #: smallest byte-packed mvm (words, all bit-steps) split over the worker threads
 BYTE_SPLIT_WORDS = 1 << 18
+#: smallest sparse product (its estimated ns, ``kernels_sparse.SPARSE_NS``) split over the worker threads
+SPARSE_SPLIT_NS = 500_000
 
 
 @dataclass
@@ -454,7 +489,10 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
     are unpacked with integer shifts and masks, each goes through the crossbar's ADC, then the
     shift-and-add. The crossbars of a group may differ in ADC resolution and mode (per column).
 
-    ``shiftadd`` = (tgt [C], cf [C], sums [P, N]), only where ``g.byte_plan`` exists: the layer's
+    Groups whose columns are sparse around a background take the sparse product instead
+    (``kernels_sparse``), where it is estimated cheaper (``g.sparse_plan``).
+
+    ``shiftadd`` = (tgt [C], cf [C], sums [P, N]), only where ``g.fusable``: the layer's
     shiftadd fused in (the executor proves that nothing else reads the column results). Column c
     with tgt[c] >= 0 is not stored but added as sums[:, tgt[c]] += cf[c]·result; with tgt[c] <= −2
     it is stored in ``out`` [P, ·] at column −2 − tgt[c]; with −1 it is dropped (see
@@ -470,11 +508,19 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
             out[...] = 0
         return out, 0
     _check_row_idx(src2d, g.xbs[0].id, g.row_idx)
+    sparse = g.sparse_plan(bits, dac_bits)
+    if sparse is not None:
+        if shiftadd is None:  # every column stored at its own index
+            tgt, cf, sums = -2 - np.arange(C, dtype=np.int64), np.zeros(C, dtype=np.int64), np.empty((P, 0), dtype=np.int64)
+        else:
+            tgt, cf, sums = shiftadd
+        pieces = _workers() if P * sparse.ns >= SPARSE_SPLIT_NS else 1
+        return out, KS.mvm_group_sparse(src2d, g, sparse, out, tgt, cf, sums, pieces)
     plan = g.byte_plan(bits, dac_bits)
     if plan is not None:
         return out, _mvm_group_bytes(src2d, g, plan, bits, dac_bits, out, shiftadd)
     if shiftadd is not None:
-        raise ValueError("mvm_group: a fused shiftadd needs the byte-packed product")
+        raise ValueError("mvm_group: a fused shiftadd needs the byte-packed or the sparse product")
     plane_bound = mask * g.max_col_sum
     F, J, ftype, itype = _pack_params(g.max_col_sum, bits, dac_bits)
     cells = g.cells_as(ftype)

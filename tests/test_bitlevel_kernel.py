@@ -1,8 +1,9 @@
 """The grouped bit-level mvm kernel (``runtime.kernels.mvm_group``) against a direct transcription
 of spec/isa.md §3.2: per bit-step the digits, the column sums, the ADC (saturate / drop-lsb) and
-the shift-and-add, plus ``dac_ones``. Covers both of the kernel's products (the byte-packed one,
-used while one read's column sum stays below 2^8, and the general packed-field one), mixed ADC
-resolutions and modes in one group, and inputs for which some reads saturate and others do not."""
+the shift-and-add, plus ``dac_ones``. Covers the kernel's three products (the byte-packed one,
+used while one read's column sum stays below 2^8, the general packed-field one, and the sparse
+one of ``runtime.kernels_sparse``), mixed ADC resolutions and modes in one group, and inputs for
+which some reads saturate and others do not."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from isa_refs import ref_mvm
 
 from runtime import kernels as K
+from runtime import kernels_sparse as KS
 
 
 def _reference(src: np.ndarray, images: list[np.ndarray], table: np.ndarray, adcs: list[tuple[int, str]],
@@ -31,6 +33,12 @@ def _group(images, table, adcs, cell_bits):
                                adc_bits=A, adc_mode=mode, lossless=0)
         xbs.append(K.prepare_xbar(decl, img, table, cell_bits))
     return K.XbarGroup(xbs)
+
+
+@pytest.fixture
+def sparse_always(monkeypatch):
+    """Every group the sparse product applies to takes it (its cost estimate: nothing)."""
+    monkeypatch.setattr(KS, "SPARSE_NS", (0.0, 0.0, 0.0))
 
 
 def _check(src, images, table, adcs, cell_bits, bits, dac_bits, workers=None):
@@ -91,6 +99,90 @@ def cases(draw):
 @given(cases(), st.sampled_from([1, 2]))
 def test_mvm_group_matches_spec(case, workers):
     _check(*case, workers=workers)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(cases(), st.sampled_from([1, 2]), st.sampled_from([8, 4096]))
+def test_sparse_product_matches_spec(sparse_always, case, workers, block):
+    """The sparse product wherever it applies (8- and 16-bit lanes, 1- to 3-bit digits, one or
+    several words, every ADC), in blocks of 8 iterations or one, on one or two threads."""
+    old = KS.SPREAD_BLOCK_WORDS, K.SPARSE_SPLIT_NS
+    KS.SPREAD_BLOCK_WORDS, K.SPARSE_SPLIT_NS = block, 0
+    try:
+        g = _check(*case, workers=workers)
+    finally:
+        KS.SPREAD_BLOCK_WORDS, K.SPARSE_SPLIT_NS = old
+    src, _images, _table, _adcs, _cb, bits, dac_bits = case
+    T = -(-bits // dac_bits)
+    applies = g.rows_used and T * dac_bits <= 8 and ((1 << dac_bits) - 1) * g.max_col_sum < (1 << 16)
+    assert (g.sparse_plan(bits, dac_bits) is not None) == bool(applies)
+
+
+@pytest.mark.parametrize("dac_bits", [1, 2])
+@pytest.mark.parametrize("bits", [8, 5])
+def test_sparse_product_in_16_bit_lanes(sparse_always, dac_bits, bits):
+    """Column sums of one read past 2^8 (3-bit cells on a background of 7): 16-bit lanes, two
+    words per iteration for 1-bit digits of 8-bit inputs; both ADC modes, some reads saturating."""
+    rng = np.random.default_rng(6)
+    rows, K_in = 100, 150
+    table = rng.integers(-1, K_in, size=rows)
+    images = []
+    for c in (9, 5, 3):
+        img = np.full((rows, c), 7, dtype=np.int64)
+        img[rng.random(img.shape) < 0.1] = rng.integers(0, 7)
+        images.append(img)
+    adcs = [(9, "saturate"), (7, "drop-lsb"), (12, "saturate")]
+    src = _relu_like(rng, 90, K_in, bits)
+    g = _check(src, images, table, adcs, 3, bits, dac_bits)
+    plan = g.sparse_plan(bits, dac_bits)
+    assert plan is not None and plan.lane_bits == 16
+    assert plan.spt.shape[1] == -(-(-(-bits // dac_bits)) // 4)
+
+
+def _depthwise_group(rng, channels=14, taps=9, slices=4):
+    """A depthwise layer's crossbar as the compiler maps it under the offset encoding: channel c's
+    taps on rows c·taps.., its slices' columns; the top slice holds the offset's digit (2) on every
+    other row, the others 0; plus a unit column."""
+    rows = channels * taps
+    img = np.zeros((rows, channels * slices + 1), dtype=np.int64)
+    img[:, slices - 1 :: slices][:, :channels] = 2
+    for c in range(channels):
+        img[c * taps : (c + 1) * taps, c * slices : (c + 1) * slices] = rng.integers(0, 4, size=(taps, slices))
+    img[:, -1] = 1
+    return img
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sparse_product_on_a_depthwise_crossbar(workers):
+    """The sparse product is chosen by its cost model for a depthwise crossbar (6-bit saturating
+    ADC, so reads saturate), equals the spec, and takes a fused shiftadd exactly as the stored
+    column results would be added."""
+    rng = np.random.default_rng(5)
+    img = _depthwise_group(rng)
+    rows, K_in = img.shape[0], 300
+    table = rng.permutation(K_in)[:rows]
+    src = _relu_like(rng, 700, K_in)
+    src[:40] = 255  # every row's every digit: the top slice saturates
+    g = _check(src, [img], table, [(6, "saturate")], 2, 8, 1, workers=workers)
+    assert g.sparse_plan(8, 1) is not None
+    res, _ = K.mvm_group(src, g, 8, 1)
+    assert (res[:40, 3] == 63 * 255).all()  # saturated at every step
+    C = img.shape[1]
+    tgt = np.where(np.arange(C) < C - 1, np.arange(C) // 4 + 3, -2).astype(np.int64)  # four slices per output; the unit column kept
+    cf = (1 << (2 * (np.arange(C) % 4))).astype(np.int64) * np.where(np.arange(C) % 5 == 0, -1, 1)
+    sums = np.full((src.shape[0], 20), 7, dtype=np.int64)
+    kept = np.zeros((src.shape[0], 1), dtype=np.int64)
+    old = K.WORKERS
+    K.WORKERS = workers
+    try:
+        K.mvm_group(src, g, 8, 1, out=kept, shiftadd=(tgt, cf, sums))
+    finally:
+        K.WORKERS = old
+    want = np.full_like(sums, 7)
+    for c in range(C - 1):
+        want[:, tgt[c]] += cf[c] * res[:, c]
+    np.testing.assert_array_equal(sums, want)
+    np.testing.assert_array_equal(kept[:, 0], res[:, -1])
 
 
 def _relu_like(rng, P, K_in, bits=8):

@@ -501,3 +501,42 @@ def test_bit_level_layer_runs_fused_and_saturates(monkeypatch):
     assert _report_without_timings(rep) == _report_without_timings(rep_u)
     exact = run_program(dense_program(W, **kw), {"x": x})[0]
     assert not np.array_equal(out["y"], exact["y"])
+
+
+def _depthwise_like(rng, N: int, taps: int = 9) -> np.ndarray:
+    """[N·taps, N] block-diagonal weights: output n reads its own taps only (a depthwise layer's
+    matrix), so under the offset scheme each crossbar column is one value off its block."""
+    W = np.zeros((N * taps, N), dtype=np.int64)
+    for n in range(N):
+        W[n * taps : (n + 1) * taps, n] = rng.integers(-127, 128, size=taps)
+    return W
+
+
+@pytest.mark.parametrize("dac,adc_mode,flip", [(1, "saturate", False), (1, "drop-lsb", True), (2, "saturate", True)])
+def test_sparse_product_runs_whole_layers_as_the_byte_product(monkeypatch, dac, adc_mode, flip):
+    """A depthwise-like layer on a narrow ADC: its crossbar groups take the sparse product
+    (``kernels_sparse``; in 16-bit lanes, as one read's column sum passes 2^8), fused with the
+    shiftadd and not, and give the outputs and the whole report of the other products (the
+    sparse one switched off)."""
+    from runtime import kernels_sparse as KS  # noqa: PLC0415
+    from runtime.executor import machine_for  # noqa: PLC0415
+
+    rng = np.random.default_rng(11)
+    N = 30
+    W = _depthwise_like(rng, N)
+    x = rng.integers(0, 256, size=(40, W.shape[0])).astype(np.float32)
+    x[rng.random(x.shape) < 0.3] = 0
+    kw = dict(adc_bits=6, adc_mode=adc_mode, dac_bits=dac, flip_cols=rng.random(N * 4) < 0.5 if flip else None,
+              shift=np.full(N, 12), bias=np.full(N, 1 << 20))
+    prog = dense_program(W, **kw)
+    out, rep = run_program(prog, {"x": x})
+    sparse = [g.sparse_plan(8, dac) is not None for g in machine_for(prog).xbar_groups.values()]
+    assert sparse[:2] == [True, True]  # the two full row tiles (the third has 14 rows: bytes are cheaper)
+    out_u, rep_u = _run_unfused(prog, {"x": x})
+    monkeypatch.setattr(KS, "SPARSE_MARGIN", float("inf"))  # every group: the byte-packed product
+    prog_b = dense_program(W, **kw)
+    out_b, rep_b = run_program(prog_b, {"x": x})
+    assert all(g.sparse_plan(8, dac) is None for g in machine_for(prog_b).xbar_groups.values())
+    for o, r in ((out_u, rep_u), (out_b, rep_b)):
+        np.testing.assert_array_equal(out["y"], o["y"])
+        assert _report_without_timings(rep) == _report_without_timings(r)

@@ -243,7 +243,8 @@ def test_fused_layer_events_equal_bit_level_chunked_and_repeated(tmp_path):
 @given(st.integers(1, 3), st.integers(1, 40), st.integers(3, 40), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2),
        st.integers(1, 2), st.integers(0, 2**31))
 def test_im2col_equals_reference(B, C, H, k, s, p, d, seed):
-    """kernels.im2col (a channel-major copy, then blocked transposes on the worker threads)."""
+    """kernels.im2col (a channel-major copy, then blocked transposes on the worker threads), and
+    the same matrix stored column by column (``k_major``)."""
     if H + 2 * p < d * (k - 1) + 1:
         return
     rng = np.random.default_rng(seed)
@@ -252,6 +253,8 @@ def test_im2col_equals_reference(B, C, H, k, s, p, d, seed):
     got = K.im2col(src, *args)
     want = ref_im2col(src, *args)
     assert got.dtype == want.dtype and np.array_equal(got, want)
+    km = K.im2col(src, *args, k_major=True)
+    assert km.T.flags.c_contiguous and km.dtype == want.dtype and np.array_equal(km, want)
 
 
 @SETTINGS

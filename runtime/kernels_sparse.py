@@ -1,0 +1,154 @@
+"""The bit-level product of a crossbar group whose columns are sparse around a background value
+(isa.md §3.2, exactly; used by ``kernels.mvm_group`` where it is the cheaper product).
+
+A depthwise layer's crossbar holds each channel's few taps on its own rows; under the offset
+encoding every other cell of its top slice holds the offset's digit. So each column c is one
+value b[c] on most rows, with a few exceptions E_c, and one read's column sum at step t is
+
+    s_t(c) = b[c]·pop_t + Σ_{e ∈ E_c} (cell_e − b[c])·d_t(r_e),   pop_t = Σ_r d_t(r)
+
+(d_t(r): the DAC digit of row r's input at step t): one shared sum over the rows, then a few
+terms per column, instead of every row of every column. The steps ride side by side in the
+lanes of a uint64 word (8-bit lanes while (2^dac − 1)·max column sum < 2^8, else 16-bit), so one
+multiply-add serves all of them; arithmetic modulo 2^64 is exact because each lane's true sum
+is below 2^Lb. The ADC saturates every lane at once (thresholds 2^A − 1), drop-lsb masks them,
+and pairs of lanes merge into fields until each word is one shift-and-added value
+(``jit.sparse_group``). Measured on MobileNetV2's depthwise groups (126 rows, 57 columns, ~6
+exceptions per column): 3x faster than the byte-packed BLAS product; on dense groups it is
+slower, so ``sparse_plan`` returns a plan only where its cost model says it is cheaper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: the estimated cost of one iteration, in ns, of the sparse product (per row spread, per column
+#: word, per exception word) and of the byte-packed product (per multiply-add of its float32
+#: product, per bit-plane element), fitted on MobileNetV2's and ResNet-18's groups (one thread)
+SPARSE_NS = (0.4, 3.6, 0.2)
+BYTES_NS = (0.035, 0.3)
+#: how much cheaper the estimate must be before the sparse product is chosen
+SPARSE_MARGIN = 1.25
+#: lanes' words of one block of iterations (sp [words, R, block] uint64 stays in L2)
+SPREAD_BLOCK_WORDS = 1 << 16
+
+
+@dataclass
+class SparsePlan:
+    """A crossbar group's sparse product (``jit.sparse_group``), built once."""
+
+    ns: float  # estimated cost of one iteration (SPARSE_NS)
+    T: int  # bit-steps
+    v: int  # DAC bits
+    lane_bits: int
+    spt: np.ndarray  # [256, words] uint64 lanes of every code (empty: 1-bit digits spread by multiplication)
+    nzc: np.ndarray  # [256] int64 non-zero digits of every code
+    bg: np.ndarray  # [C] uint64 background cell of each column
+    ptr: np.ndarray  # [C + 1] column c's exceptions are ptr[c]:ptr[c + 1]
+    erow: np.ndarray  # their rows (among the used rows)
+    ev: np.ndarray  # cell − background, as uint64 (two's complement)
+    HM: np.ndarray  # [C] uint64: the lane bits at or above the ADC threshold
+    TH: np.ndarray  # [C] uint64: the threshold in every lane
+    KP: np.ndarray  # [C] uint64: the kept bits in every lane (drop-lsb)
+    smask: np.ndarray  # lower field of each pair of fields, per merge stage
+    block: int  # iterations per block
+
+
+def _lanes(bits: int, dac_bits: int, bound: int) -> tuple[int, int, int] | None:
+    """(T, lane bits, words) for sums below ``bound`` + 1, or None when 16-bit lanes do not hold them."""
+    T = -(-bits // dac_bits)
+    Lb = 8 if bound < (1 << 8) else 16 if bound < (1 << 16) else 0
+    if not Lb or T * dac_bits > 8:  # (the digits come from the low byte of any integer input)
+        return None
+    return T, Lb, -(-T // (64 // Lb))
+
+
+def _merge_masks(Lb: int) -> np.ndarray:
+    masks, f = [], Lb
+    while f < 64:
+        masks.append(sum(((1 << f) - 1) << j for j in range(0, 64, 2 * f)))
+        f *= 2
+    return np.array(masks, dtype=np.uint64)
+
+
+def _lane_table(bits: int, dac_bits: int, T: int, Lb: int, NW: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lanes of every 8-bit code: step t (most significant first) in global lane NW·nl − T + t,
+    so that the last word ends with the last step; and its non-zero digits."""
+    nl, mask = 64 // Lb, (1 << dac_bits) - 1
+    codes = np.arange(256, dtype=np.uint64)
+    spt = np.zeros((256, NW), dtype=np.uint64)
+    nzc = np.zeros(256, dtype=np.int64)
+    for t in range(T):
+        d = (codes >> np.uint64((T - 1 - t) * dac_bits)) & np.uint64(mask)
+        nzc += d != 0
+        k, lane = divmod(NW * nl - T + t, nl)
+        spt[:, k] += d << np.uint64(Lb * lane)
+    return spt, nzc
+
+
+def sparse_plan(g, bits: int, dac_bits: int, byte_words: int | None) -> SparsePlan | None:
+    """The sparse product's plan for group ``g`` (a ``kernels.XbarGroup``), or None where it does
+    not apply or is not estimated cheaper than the byte-packed product of ``byte_words`` words
+    (None: no byte plan; the general product is slower still, so it is compared as if it had one)."""
+    if bits < 1 or dac_bits < 1 or not g.rows_used:
+        return None
+    mask = (1 << dac_bits) - 1
+    lanes = _lanes(bits, dac_bits, mask * g.max_col_sum)
+    cells = np.asarray(g.cells, dtype=np.int64)  # [R, C]
+    R, C = cells.shape
+    if lanes is None or not C:
+        return None
+    T, Lb, NW = lanes
+    # background: each column's most frequent cell (ties: the smallest)
+    lo, hi = int(cells.min()), int(cells.max())  # (cells are a few bits wide)
+    counts = np.stack([(cells == u).sum(axis=0) for u in range(lo, hi + 1)])
+    bg = counts.argmax(axis=0) + lo
+    exc = cells != bg  # [R, C]
+    ne = int(exc.sum())
+    sparse_ns = SPARSE_NS[0] * R * NW + SPARSE_NS[1] * C * NW + SPARSE_NS[2] * ne * NW
+    wp = byte_words if byte_words is not None else -(-C // 3)
+    bytes_ns = BYTES_NS[0] * T * R * wp + BYTES_NS[1] * T * R
+    if sparse_ns * SPARSE_MARGIN >= bytes_ns:
+        return None
+    ecol, erow = np.nonzero(exc.T)  # column by column
+    ptr = np.concatenate(([0], np.cumsum(exc.sum(axis=0)))).astype(np.int64)
+    ev = (cells[erow, ecol] - bg[ecol]).astype(np.int64).view(np.uint64)
+    lmask, nl = (1 << Lb) - 1, 64 // Lb
+    rep = sum(1 << (Lb * lane) for lane in range(nl))
+    HM, TH, KP = (np.zeros(C, dtype=np.uint64) for _ in range(3))
+    for xb, o0, w in zip(g.xbs, g.offsets[:-1], g.widths):  # per crossbar: its ADC
+        if xb.adc_mode == "saturate":
+            th, kp = min(lmask, (1 << xb.adc_bits) - 1), lmask
+        else:
+            th, kp = lmask, ~((1 << xb.drop_bits(dac_bits)) - 1) & lmask
+        HM[o0 : o0 + w], TH[o0 : o0 + w], KP[o0 : o0 + w] = ((lmask & ~th) * rep), th * rep, kp * rep
+    spt, nzc = _lane_table(bits, dac_bits, T, Lb, NW)
+    if dac_bits == 1 and Lb == 8:
+        spt = np.zeros((0, NW), dtype=np.uint64)  # spread by multiplication
+    block = max(8, min(512, SPREAD_BLOCK_WORDS // (NW * R)) // 8 * 8)
+    return SparsePlan(sparse_ns, T, dac_bits, Lb, spt, nzc, bg.astype(np.uint64), ptr, erow.astype(np.int64), ev,
+                      HM, TH, KP, _merge_masks(Lb), block)
+
+
+def mvm_group_sparse(src2d: np.ndarray, g, plan: SparsePlan, out: np.ndarray, tgt: np.ndarray, cf: np.ndarray,
+                     sums: np.ndarray, pieces: int) -> int:
+    """``kernels.mvm_group`` by the sparse product, in ``pieces`` blocks of iterations (on the
+    worker threads). Returns dac_ones."""
+    from runtime import jit as JIT  # noqa: PLC0415 - numba is imported on the first bit-level product
+    from runtime.kernels import _map  # noqa: PLC0415 - (kernels imports this module)
+
+    P = src2d.shape[0]
+    xt = src2d[:, g.row_sel].T  # [R, P]: a view of a column-major source (``kernels.im2col(k_major=True)``)
+    if xt.dtype != np.uint8:  # every digit lies in the low byte (T·v <= 8), two's complement for negatives
+        xt = (xt & 0xFF).astype(np.uint8)
+    xt = np.ascontiguousarray(xt)
+    step = -(-P // max(1, pieces))
+
+    def unit(p0: int) -> int:
+        return JIT.sparse_group(xt, p0, min(P, p0 + step), plan.T, plan.v, plan.lane_bits, plan.spt, plan.nzc, plan.bg,
+                                plan.ptr, plan.erow, plan.ev, plan.HM, plan.TH, plan.KP, plan.smask, tgt, cf, out, sums,
+                                plan.block)
+
+    return sum(_map(unit, list(range(0, P, step))))
