@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,6 +189,7 @@ class Machine:
         #: the same keys -> executions so far: (P, itemsize, home, dac_ones per row block)
         self.fused_pending: dict[tuple, list] = {}
         self.prepared: set[bool] = set()
+        self.deferred: list[Future] = []  # counts running on the counting thread (``_defer``)
         #: per path: the im2col results stored column by column (only sparse products read them)
         self.k_major: dict[bool, set] = {}
         self.nz_tables: dict[tuple[int, int], np.ndarray] = {}
@@ -584,10 +586,11 @@ class Machine:
                             KC.warm_up(plan, DTYPES[sdecl.dtype], DTYPES[odecl.dtype])
                     except (KeyError, TypeError, ValueError, ProgramError):
                         pass  # execution reports what is wrong
-        column_readers: dict[str, list[bool]] = {}  # an im2col's columns -> does each mvm set read them by the sparse product
+        # an im2col's columns -> the rows its mvm sets read by the sparse product, and by others
+        column_readers: dict[str, list[int]] = {}
         for first, sets in self.mvm_runs.items():
             for members in sets:
-                sparse = False
+                sparse, rows = False, 0
                 try:
                     slow = []
                     for k in members:
@@ -601,11 +604,13 @@ class Machine:
                         g = self._group_of(slow)
                         g.prepare(int(f["bits"]), int(f["dac_bits"]))
                         sparse = len(slow) == len(members) and g.sparse_plan(int(f["bits"]), int(f["dac_bits"])) is not None
+                        rows = g.rows_used
                 except (KeyError, TypeError, ValueError, ProgramError):
                     pass  # execution reports what is wrong
-                column_readers.setdefault(self.instrs[first].fields.get("src"), []).append(sparse)
-        self.k_major[fast_path] = {ins.fields.get("dst") for ins in self.instrs if ins.opcode == "im2col"
-                                   and all(column_readers.get(ins.fields.get("dst"), [False]))}
+                counts = column_readers.setdefault(self.instrs[first].fields.get("src"), [0, 0])
+                counts[0 if sparse else 1] += rows
+        # stored column by column where the sparse products read most of them (any layout reads right)
+        self.k_major[fast_path] = {name for name, (by_sparse, by_others) in column_readers.items() if by_sparse > by_others}
         for ins in self.instrs:
             if ins.opcode != "shiftadd":
                 continue
@@ -645,19 +650,51 @@ class Machine:
             tab = self.nz_tables[key] = K.digit_nonzero_table(bits, dac, _ceil_div(bits, dac)).astype(np.uint8)
         return tab
 
-    def _fused_mvm_events(self, first: int, bits: int, P: int, per_dac: dict[int, np.ndarray], itemsize: int,
+    def _fused_mvm_events(self, first: int, bits: int, P: int, per_dac, itemsize: int,
                           src_name: str, cols_name: str) -> None:
         """The events of fused group ``first``'s mvms over P iterations, exactly as the instructions
         count them: from per-crossbar arrays prepared once (rows in use, columns, steps, row blocks),
         scaled by P, and ``per_dac`` (DAC width -> non-zero digits per input element, summed over
-        the iterations). Accumulated per group; flush_events hands them to the instructions."""
+        the iterations; or a function that counts them, run on the counting thread: ``_defer``).
+        Accumulated per group; flush_events hands them to the instructions."""
         plan = self._fused_events_plan(first, bits)
-        # dac_ones per (DAC width, row block): one gather and one segmented sum per DAC width
-        ones = np.zeros(plan.n_blocks, dtype=np.int64)  # (a block of no used rows: 0)
-        for dac, sel, rows_cat, starts in plan.block_gathers:
-            ones[sel] = np.add.reduceat(per_dac[dac][rows_cat], starts)
+
+        def block_ones(per_dac: dict[int, np.ndarray]) -> np.ndarray:
+            # dac_ones per (DAC width, row block): one gather and one segmented sum per DAC width
+            ones = np.zeros(plan.n_blocks, dtype=np.int64)  # (a block of no used rows: 0)
+            for dac, sel, rows_cat, starts in plan.block_gathers:
+                ones[sel] = np.add.reduceat(per_dac[dac][rows_cat], starts)
+            return ones
+
+        ones = self._defer(lambda: block_ones(per_dac())) if callable(per_dac) else block_ones(per_dac)
         self._pend_events((first, bits), plan, P, itemsize, src_name, ones)
         self.colhomes[cols_name] = dict(plan.colhomes)
+
+    def _defer(self, count):
+        """``count()`` (a data-dependent event count that nothing in the run waits for) on the
+        counting thread, beside the main thread's next layers; a Future that ``settle`` waits for
+        before the run ends. Inline when the runtime has one worker."""
+        if K._workers() <= 1:
+            return count()
+        if not _COUNTER:
+            _COUNTER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="pimc-count"))
+        fut = _COUNTER[0].submit(count)
+        self.deferred.append(fut)
+        return fut
+
+    def settle(self, quiet: bool = False) -> None:
+        """Wait for the deferred counts (part of the run: before its time is taken) and put their
+        results where the events wait for them; a count's error is raised here (``quiet``: not)."""
+        pending, self.deferred = self.deferred, []
+        for fut in pending:
+            if fut.exception() is not None:
+                if quiet:
+                    return
+                raise fut.exception()
+        for calls in self.fused_pending.values():
+            for j, call in enumerate(calls):
+                if isinstance(call[3], Future):
+                    calls[j] = (*call[:3], call[3].result())
 
     def _fused_event_rows(self, plan: FusedEventsPlan, P: int, itemsize: int, home: tuple, ones: np.ndarray) -> np.ndarray:
         """[crossbars, _FUSED_KEYS] events of one execution of a fused group (isa.md §3.2)."""
@@ -753,9 +790,14 @@ class Machine:
             stats[i].add({"buffer_read_bytes": P * Kc * xsize, "buffer_write_bytes": P * Kc * xsize})
             if src_name in self.homes:
                 self.homes[cols_name] = self.homes[src_name]
-        per_dac = {dac: KC.ones_per_column(src4, plan, self._nz_table(bits, dac, src.dtype))
-                   for dac, _T in self._fused_events_plan(first, bits).dacs}
-        self._fused_mvm_events(first, bits, P, per_dac, xsize, cols_name, colres_name)
+        tables = {dac: self._nz_table(bits, dac, src.dtype) for dac, _T in self._fused_events_plan(first, bits).dacs}
+
+        def count() -> dict[int, np.ndarray]:
+            return {dac: KC.ones_per_column(src4, plan, tab) for dac, tab in tables.items()}
+
+        # large sources are counted on the counting thread; small ones inline, as handing them over
+        # costs more (the threads would take turns holding the interpreter lock)
+        self._fused_mvm_events(first, bits, P, count if src4.size >= DEFER_MIN_ELEMS else count(), xsize, cols_name, colres_name)
         sbytes = P * sdecl.shape[1] * DTYPES[sdecl.dtype].itemsize
         stats[sa].add(self._shiftadd_events(sa_ins, colres_name, P, DTYPES[cdecl.dtype].itemsize, sbytes))
         stats[r].add({"digital_ops": out.size, "buffer_read_bytes": sbytes, "buffer_write_bytes": out.nbytes})
@@ -1483,7 +1525,12 @@ def run_program(
                 dt = DTYPES[m.buffers[p.buf].dtype]
                 feeds[p.buf] = quantize_input(inputs[p.name][s : s + n], p.scale, p.zp, dt, act_bits)
             m.peak_bytes = 0
-            m.run_chunk(feeds, stats, fast_path)
+            try:
+                m.run_chunk(feeds, stats, fast_path)
+            except BaseException:
+                m.settle(quiet=True)  # (the run's own error is the one to report)
+                raise
+            m.settle()
             for p in program.outputs:
                 if p.buf not in m.env:
                     raise ProgramError(f"output {p.name!r}: buffer {p.buf!r} was never written")
@@ -1509,6 +1556,9 @@ def run_program(
 
 
 _BLAS_CONTROLLER: list = []  # the threadpoolctl controller, found once (finding the libraries is slow)
+_COUNTER: list = []  # the counting thread's executor (``Machine._defer``), started once
+#: least source elements of a fused conv layer whose dac_ones are counted on the counting thread
+DEFER_MIN_ELEMS = 1 << 19
 
 
 def _warm(kind, kernel, *args) -> None:

@@ -283,6 +283,71 @@ def _selection(n_in: int, lead: int, k: int, dil: int, stride: int, n_out: int) 
     return sel, pads
 
 
+def _rows_of_offsets(a: np.ndarray, rsel: np.ndarray) -> np.ndarray:
+    """res[c, i, j] = Σ_h rsel[h, i]·a[c, h, j]: [C, H, kw] row sums per column offset to [C, kh, kw]
+    (one float64 product; every sum an integer below 2^53)."""
+    C, H, kw = a.shape
+    res = np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(C * kw, H) @ rsel.astype(np.float64)  # [C·kw, kh]
+    return np.ascontiguousarray(res.reshape(C, kw, -1).transpose(0, 2, 1))
+
+
+#: most columns of a stride class that a kernel column offset may skip for ``_ones_by_word_popcounts``
+WORD_POPCOUNT_MAX_SKIPPED = 4
+
+
+def _ones_by_word_popcounts(src: np.ndarray, plan: ConvPlan, Ho: int, Wo: int, pad_ones: int) -> np.ndarray | None:
+    """``ones_per_column`` for 1-bit digits by popcounts of whole 8-byte words, where each row is
+    whole words (W % 8 == 0) and the column stride divides 8; None elsewhere.
+
+    Column offset j reads the columns of one stride class (w ≡ j·dw − pl mod sw) but for a few at
+    the ends: its row sums are the class's (a word popcount with the class's bytes masked), less
+    those few columns. The rows of offset i are then a 0/1 selection, as in ``ones_per_column``."""
+    B, C, H, W = src.shape
+    (kh, kw), (sh, sw), (pt, pl, _pb, _pr), (dh, dw) = plan.kernel, plan.stride, plan.pad, plan.dilation
+    if W % 8 or 8 % sw or not src.flags.c_contiguous or src.dtype.itemsize != 1:
+        return None  # (narrower rows: the selection products cost less than widening them)
+    key = ("words", H, W)
+    cached = plan.cache.get(key)
+    if cached is None:
+        offsets = []
+        for j in range(kw):
+            first = j * dw - pl  # window position of output column 0 (may lie in the padding)
+            cls = first % sw
+            lo = first if first >= 0 else first + sw * (-(-(-first) // sw))  # first real column read
+            hi = min(first + sw * (Wo - 1), W - 1 - (W - 1 - cls) % sw)  # last real column read
+            skipped = [w for w in range(cls, W, sw) if w < lo or w > hi]
+            if len(skipped) > WORD_POPCOUNT_MAX_SKIPPED:
+                plan.cache[key] = False
+                return None
+            offsets.append((cls, skipped))
+        masks = [np.uint64(sum(0xFF << (8 * b) for b in range(8) if b % sw == c)) for c in range(sw)]
+        cached = plan.cache[key] = (offsets, masks, _selection(W, pl, kw, dw, sw, Wo)[1], *_selection(H, pt, kh, dh, sh, Ho))
+    if cached is False:
+        return None
+    offsets, masks, cpad, rsel, rpad = cached
+    words = src.view(np.uint64).reshape(B * C * H, W // 8)
+    ones8 = np.ones(W // 8, dtype=np.float32)
+
+    def row_ones(w: np.ndarray) -> np.ndarray:
+        """[C, H] popcounts of rows of words, summed over the images (a product with ones: NumPy's
+        integer sums over short rows are ~5x slower; every sum is exact, at most 8·W·B)."""
+        return (np.bitwise_count(w).astype(np.float32) @ ones8).reshape(B, C, H).sum(axis=0, dtype=np.float64).astype(np.int64)
+
+    per_class = [row_ones(words)] if sw == 1 else [row_ones(words & m) for m in masks[:-1]]
+    if sw > 1:  # the last class: what the others leave of the whole rows
+        per_class.append(row_ones(words) - sum(per_class))  # [C, H] each
+    a = np.empty((C, H, kw), dtype=np.float64)
+    for j, (cls, skipped) in enumerate(offsets):
+        row = per_class[cls]
+        for w in skipped:
+            row = row - np.bitwise_count(src[:, :, :, w]).sum(axis=0, dtype=np.int64)
+        a[:, :, j] = row
+    res = _rows_of_offsets(a, rsel)
+    real = np.outer(Ho - rpad, Wo - cpad)
+    res += float(B * pad_ones) * (Ho * Wo - real)
+    return np.rint(res).astype(np.int64).reshape(-1)
+
+
 def ones_per_column(src: np.ndarray, plan: ConvPlan, table: np.ndarray | None) -> np.ndarray:
     """For every im2col column k = (c, i, j): the non-zero DAC digits of its inputs summed over all
     iterations (``dac_ones`` before the row-table gather), from the source, without im2col.
@@ -303,6 +368,10 @@ def ones_per_column(src: np.ndarray, plan: ConvPlan, table: np.ndarray | None) -
         else:
             ones = np.bitwise_count(flat) if table is None else np.take(table, flat)
         return ones.sum(axis=(0, 2), dtype=np.int64)
+    if table is None:
+        res = _ones_by_word_popcounts(src, plan, Ho, Wo, pad_ones)
+        if res is not None:
+            return res
     ones = np.bitwise_count(src) if table is None else np.take(table, src)
     sel = plan.cache.get((H, W))
     if sel is None:
@@ -310,7 +379,7 @@ def ones_per_column(src: np.ndarray, plan: ConvPlan, table: np.ndarray | None) -
     csel, cpad, rsel, rpad = sel
     # [B·C·H, W] @ [W, kw]: every sum at most (max count)·W, exact in float32
     a = (ones.reshape(-1, W).astype(np.float32) @ csel).reshape(B, C, H, kw).sum(axis=0, dtype=np.float64)
-    res = np.matmul(rsel.T.astype(np.float64), a)  # [kh, H] @ [C, H, kw] -> [C, kh, kw]
+    res = _rows_of_offsets(a, rsel)
     real = np.outer(Ho - rpad, Wo - cpad)  # [kh, kw] window positions inside the input
     res += float(B * pad_ones) * (Ho * Wo - real)
     return np.rint(res).astype(np.int64).reshape(-1)

@@ -143,18 +143,44 @@ def test_ones_per_column_equals_im2col_popcount(case, dac):
     np.testing.assert_array_equal(KC.ones_per_column(src, plan, table), per_code[cols].sum(axis=0))
 
 
-def test_example_runs_its_conv_layers_fused_with_bit_level_outputs_and_counters(tmp_path):
-    """The shipped example on isaac8: its conv and fully connected layers take the fused path, and outputs and every
-    counter equal the bit-level run's."""
-    from pathlib import Path
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 2), st.integers(1, 4), st.sampled_from([8, 16, 24, 14]), st.integers(1, 12), st.integers(1, 3), st.integers(1, 3),
+       st.sampled_from([1, 2, 3, 4]), st.integers(1, 2), st.integers(1, 2), st.tuples(*[st.integers(0, 3)] * 4),
+       st.integers(0, 255), st.integers(0, 2**31 - 1))
+def test_ones_by_word_popcounts_equals_im2col_popcount(B, C, W, H, kh, kw, sw, sh, dil, pad, pv, seed):
+    """1-bit digits on rows of whole 8-byte words: the masked word popcounts (a stride class of
+    columns at once, less the few it skips) against the im2col matrix's popcounts, for every
+    column stride and padding (a stride of 3, or rows of 14: the selection products)."""
+    if H + pad[0] + pad[2] < dil * (kh - 1) + 1 or W + pad[1] + pad[3] < dil * (kw - 1) + 1:
+        return
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, 256, (B, C, H, W)).astype(np.uint8)
+    plan = KC.ConvPlan(kernel=(kh, kw), stride=(sh, sw), pad=pad, dilation=(dil, dil), pad_value=pv, C=C, N=C, chunks=None,
+                       wt64=None, dw=None, biased=None, ints=(None, None, None), zp=0, lo=0, hi=255, check=None)
+    cols, _ = _im2col(src.astype(np.int64), (kh, kw), (sh, sw), pad, (dil, dil), pv)
+    want = np.bitwise_count(cols.astype(np.uint8)).sum(axis=0)
+    np.testing.assert_array_equal(KC.ones_per_column(src, plan, None), want)
+    words = KC._ones_by_word_popcounts(src, plan, *KC.out_hw(plan, H, W), int(np.bitwise_count(np.uint8(pv))))
+    assert (words is None) == (sw == 3 or W == 14 or plan.cache[("words", H, W)] is False)
 
-    from pimc.driver import QuantOptions, compile_model
-    from pimc.hw import load_config
-    from runtime.executor import machine_for, run_program
+
+def _example_program():
+    from pathlib import Path  # noqa: PLC0415
+
+    from pimc.driver import QuantOptions, compile_model  # noqa: PLC0415
+    from pimc.hw import load_config  # noqa: PLC0415
 
     ex = Path(__file__).resolve().parent.parent / "examples" / "mnist_cnn"
     program = compile_model(ex / "model.onnx", load_config("isaac8"), QuantOptions(calibration=str(ex / "calib.npy"))).program
-    x = {program.inputs[0].name: np.load(ex / "test_images.npy")[:5]}
+    return program, {program.inputs[0].name: np.load(ex / "test_images.npy")[:6]}
+
+
+def test_example_runs_its_conv_layers_fused_with_bit_level_outputs_and_counters():
+    """The shipped example on isaac8: its conv and fully connected layers take the fused path, and outputs and every
+    counter equal the bit-level run's."""
+    from runtime.executor import machine_for, run_program
+
+    program, x = _example_program()
     fast, rf = run_program(program, x)
     m = machine_for(program)
     assert len(m.conv_chains) == 4 and all(p is not None for p in m.conv_plans.values())
@@ -177,3 +203,30 @@ def test_depthwise_on_large_maps_and_every_stride_phase(stride, dil):
     ref = _requant_ref(cols @ Wm, bias, mult, shift, zp, 0, 255)
     got = KC.run_conv(src, plan, np.uint8)
     np.testing.assert_array_equal(got.transpose(0, 2, 3, 1).reshape(-1, Wm.shape[1]), ref)
+
+
+def test_deferred_counts_equal_inline_counts_and_raise_their_errors(monkeypatch):
+    """Fused conv layers' dac_ones counted on the counting thread (every layer deferred here)
+    give the report counted inline; an error in a deferred count reaches the caller."""
+    from runtime import executor as E  # noqa: PLC0415
+
+    program, x = _example_program()
+    monkeypatch.setattr(K, "WORKERS", 1)  # inline
+    out_i, rep_i = E.run_program(program, x)
+    monkeypatch.setattr(K, "WORKERS", 2)
+    monkeypatch.setattr(E, "DEFER_MIN_ELEMS", 0)
+    deferred = []
+    orig = E.Machine._defer
+    monkeypatch.setattr(E.Machine, "_defer", lambda self, count: deferred.append(1) or orig(self, count))
+    out_d, rep_d = E.run_program(program, x)
+    assert len(deferred) == 4  # the example's four conv layers
+    for k in out_i:
+        np.testing.assert_array_equal(out_i[k], out_d[k])
+    assert rep_i["counters"] == rep_d["counters"] and rep_i["layers"] == rep_d["layers"]
+
+    def broken(*a):
+        raise RuntimeError("count failed")
+
+    monkeypatch.setattr(KC, "ones_per_column", broken)
+    with pytest.raises(RuntimeError, match="count failed"):
+        E.run_program(program, x)
