@@ -957,11 +957,13 @@ class Machine:
                 self.pc, self.instr = m, self.instrs[m]
                 pre[m] = self._mvm_pre(self.instrs[m], fast_path)
             slow = [m for m in members if not pre[m][4]]
+            ones = None  # (the set shares its row table and inputs: dac_ones counted once)
             for m in members:
                 if pre[m][4]:  # fast crossbars: one by one
                     self.pc, self.instr = m, self.instrs[m]
                     xb, src2d, bits, dac_bits, use_fast = pre[m]
-                    res, events = K.mvm(src2d, xb, bits, dac_bits, _need(self.instrs[m], "order", m), use_fast)
+                    res, events = K.mvm(src2d, xb, bits, dac_bits, _need(self.instrs[m], "order", m), use_fast, ones)
+                    ones = events["dac_ones"]
                     self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac_bits, use_fast, res, events), stats)
             if slow:
                 for m in slow:
@@ -1105,9 +1107,12 @@ class Machine:
         kept = np.zeros((P, stored.size), dtype=np.int64)  # the columns the unit terms read, side by side
         self.colhomes[cols_name] = {}
         sums = np.zeros((P, plan.n_out), dtype=np.int64)
+        ones: dict[bytes, int] = {}  # row table -> dac_ones (the same for every crossbar reading those rows)
         for m, xb, c0 in fast:  # lossless crossbars: their exact product, taken by the shiftadd at once
             self.pc, self.instr = m, self.instrs[m]
-            res, events = K.mvm(src2d, xb, bits, dac, self.instrs[m].fields["order"], True)
+            rows = xb.row_idx.tobytes()
+            res, events = K.mvm(src2d, xb, bits, dac, self.instrs[m].fields["order"], True, ones.get(rows))
+            ones[rows] = events["dac_ones"]
             JIT.columns_into_sums(res, tgt[c0 : c0 + xb.cols], cf[c0 : c0 + xb.cols], kept, sums)
             self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac, True, res, events, store=False), stats)
         for members, g, c0 in groups:

@@ -220,6 +220,16 @@ def columns_into_sums(res, tgt, cf, out, sums):
 
 
 @njit(**_JIT)
+def unit_terms(src, units, ui, ni, val, acc):
+    """acc[p, ni[k]] += val[k]·src[p, units[ui[k]]] for each term k: the unit columns' terms of a
+    shiftadd (``kernels.ShiftaddPlan.apply_unit_terms``), term by term where they are few."""
+    for p in range(src.shape[0]):
+        s, a = src[p], acc[p]
+        for k in range(ui.size):
+            a[ni[k]] += val[k] * s[units[ui[k]]]
+
+
+@njit(**_JIT)
 def shiftadd_run(src, a, cf, acc):
     """acc[p, n] += Σ_d cf[n, d]·src[p, a + n·D + d]: one run of the compiler's column layout
     (outputs 0..N−1, each with D consecutive columns) shift-added (kernels.ShiftaddPlan)."""
@@ -290,7 +300,7 @@ def _spread_block(xt, p0, p1, T, v, spt, nzc, sp, pop):
 
 
 @njit(**_JIT)
-def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, smask, tgt, cf, out, sums, PB):
+def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, smask, tgt, cf, out, sums, PB, wu, wi):
     """The bit-level mvm of a crossbar group with sparse columns (``kernels_sparse``) on
     iterations q0..q1 of ``xt`` [R, P] (uint8 codes of the group's used rows, row by row: the
     transpose of the mvm's source columns), its ADC and shift-and-add,
@@ -299,7 +309,9 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
     since every lane's true sum is below 2^Lb); its lanes saturate where a bit of HM[c] is set
     (to TH[c]) and keep KP[c]; then pairs of lanes merge into fields (smask) until one value is
     left per word. Blocks of PB iterations; results of one target add up in a local block
-    before they go to ``sums``. Returns how many digits are non-zero."""
+    before they go to ``sums``. ``wu``, ``wi``: uint64 and int64 scratch of at least
+    (words·(R + 1) + 1)·PB and (2·C + 18)·PB elements (reused across calls: a fresh
+    half-megabyte each call would cost its page faults). Returns how many digits are non-zero."""
     R = xt.shape[0]
     nl = 64 // Lb
     NW = -(-T // nl)
@@ -311,11 +323,12 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
             tmax = max(tmax, tgt[c])
     nt = tmax - tmin + 1 if tmax >= 0 else 0
     local = nt <= 2 * C + 16  # else each column adds into sums directly
-    sp = np.empty((NW, R, PB), dtype=np.uint64)
-    pop = np.empty((NW, PB), dtype=np.uint64)
-    acc = np.empty(PB, dtype=np.uint64)
-    res = np.empty(PB, dtype=np.int64)
-    L = np.empty((nt if local else 0, PB), dtype=np.int64)
+    a, b = NW * R * PB, NW * PB
+    sp = wu[:a].reshape((NW, R, PB))
+    pop = wu[a : a + b].reshape((NW, PB))
+    acc = wu[a + b : a + b + PB]
+    res = wi[:PB]
+    L = wi[PB : PB + (nt if local else 0) * PB].reshape((nt if local else 0, PB))
     low, top = np.uint64(0), np.uint64(0)
     for l in range(nl):
         low |= np.uint64((1 << (Lb - 1)) - 1) << np.uint64(Lb * l)

@@ -8,6 +8,7 @@ iterations (to bound the size of the bit-plane matrix).
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -179,13 +180,16 @@ def _exact_matmul(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
     return a.astype(np.int64) @ b.astype(np.int64)
 
 
+@functools.lru_cache(maxsize=64)
 def digit_nonzero_table(bits: int, dac_bits: int, steps: int) -> np.ndarray:
-    """For every code value, how many of its ``steps`` DAC digits are non-zero (``dac_ones``)."""
+    """For every code value, how many of its ``steps`` DAC digits are non-zero (``dac_ones``);
+    built once per widths (read-only)."""
     v = np.arange(1 << bits, dtype=np.int64)
     mask = (1 << dac_bits) - 1
     count = np.zeros_like(v)
     for k in range(steps):  # per bit-step over the value table, not per position
         count += ((v >> (k * dac_bits)) & mask) != 0
+    count.setflags(write=False)
     return count
 
 
@@ -200,11 +204,13 @@ def _adc_float(s: np.ndarray, xb: XbarInfo, dac_bits: int) -> np.ndarray:
     return np.floor(s / scale, out=s) * scale  # s >= 0 and 2^d a power of two: exact
 
 
-def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, fast: bool):
+def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, fast: bool,
+        dac_ones: int | None = None):
     """Column results [P, cols] of one crossbar over P iterations (isa.md §3.2), and its events.
 
     ``fast``: compute Σ_k 2^(k·v)·s_k as the single exact product x @ X (valid only when no ADC
-    read can clip, checked by the caller), with ``dac_ones`` from a digit-popcount table.
+    read can clip, checked by the caller), with ``dac_ones`` from a digit-popcount table (or as
+    given: the caller counted them for another crossbar of the same row table and inputs).
     Otherwise the bit-level path: digit planes [T·P, R] @ cells [R, C] in one BLAS call per block
     of iterations, the ADC as array operations, then the shift-and-add over steps.
     """
@@ -220,10 +226,10 @@ def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, f
     assert plane_bound < (1 << 53)
     if fast:
         out = _exact_matmul(x, xb.cells, ((1 << bits) - 1) * xb.max_col_sum)
-        if x.size:
+        if dac_ones is None and x.size:
             hist = np.bincount(x.ravel().astype(np.int64), minlength=1 << bits)
             dac_ones = int(hist @ digit_nonzero_table(bits, dac_bits, T))
-        else:
+        elif dac_ones is None:
             dac_ones = 0
     else:
         # the float32 BLAS call is exact while a read's column sum stays below 2^24 (isa.md §3.2);
@@ -733,14 +739,23 @@ class ShiftaddPlan:
         # the compiler's layout: per row block, outputs 0..N-1 each with D consecutive columns.
         # Such runs are summed per row of the source (jit.shiftadd_run), without the gather
         self.runs = _direct_runs(out, coef, n_out)
-        if self.runs and first_time("shiftadd"):  # compile (or load) the run's loop before a run
-            self.apply(np.zeros((1, ncols), dtype=np.int64), None)
         # Σ |coefficients| reaching one output: the exactness bound per unit of |src|
         per_out = np.abs(self.cf).sum(axis=1) + np.abs(self.E).sum(axis=0)
         self.coef_bound = (int(per_out.max()) if per_out.size else 0) + int(np.abs(self.bvec).sum())
         # the unit-column terms as one float64 BLAS product, exact while vmax·e_bound < 2^53
         self.E_f = self.E.astype(np.float64)
         self.e_bound = int(np.abs(self.E).sum(axis=0).max()) if self.E.size else 0
+        # ... or, where few unit columns reach each output (a depthwise layer: one), term by term
+        # (jit.unit_terms): no [P, N] temporaries
+        ui, ni = np.nonzero(self.E)
+        self.E_terms = (ui.astype(np.int64), ni.astype(np.int64), self.E[ui, ni]) if ui.size <= 4 * max(n_out, 1) else None
+        if self.E_terms is not None and ui.size and first_time("unit_terms"):  # compile (or load) before a run
+            from runtime import jit as JIT  # noqa: PLC0415
+
+            one = np.zeros(1, dtype=np.int64)
+            JIT.unit_terms(np.zeros((1, 1), dtype=np.int64), one, one, one, one, np.zeros((1, 1), dtype=np.int64))
+        if self.runs and first_time("shiftadd"):  # compile (or load) the run's loop before a run
+            self.apply(np.zeros((1, ncols), dtype=np.int64), None)
 
     def exact_for(self, vmax: int, dst_max: int = 0) -> bool:
         return vmax * self.coef_bound + dst_max < (1 << 62)
@@ -791,7 +806,11 @@ class ShiftaddPlan:
         besides the direct columns' own); reads only those columns of ``src``, or, ``compact``,
         ``src`` holds just the columns ``column_targets`` stores, in that order."""
         units, bcols = self.compact_cols if compact else (self.units, self.bcols)
-        if units.size:
+        if units.size and self.E_terms is not None and src.dtype == np.int64 and acc.flags.c_contiguous:
+            from runtime import jit as JIT  # noqa: PLC0415 - numba is imported on first use
+
+            JIT.unit_terms(src, units.astype(np.int64, copy=False), *self.E_terms, acc)  # exact: the caller's exact_for
+        elif units.size:
             u = src[:, units]
             if vmax is not None and vmax * self.e_bound < (1 << 53):  # every partial sum exact in float64
                 acc += (u.astype(np.float64) @ self.E_f).astype(np.int64)

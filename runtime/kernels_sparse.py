@@ -20,6 +20,7 @@ slower, so ``sparse_plan`` returns a plan only where its cost model says it is c
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,6 +133,19 @@ def sparse_plan(g, bits: int, dac_bits: int, byte_words: int | None) -> SparsePl
                       HM, TH, KP, _merge_masks(Lb), block)
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(nu: int, ni: int) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's scratch arrays of ``jit.sparse_group`` (uint64, int64), grown as needed."""
+    wu, wi = getattr(_SCRATCH, "wu", None), getattr(_SCRATCH, "wi", None)
+    if wu is None or wu.size < nu:
+        wu = _SCRATCH.wu = np.empty(nu, dtype=np.uint64)
+    if wi is None or wi.size < ni:
+        wi = _SCRATCH.wi = np.empty(ni, dtype=np.int64)
+    return wu, wi
+
+
 def mvm_group_sparse(src2d: np.ndarray, g, plan: SparsePlan, out: np.ndarray, tgt: np.ndarray, cf: np.ndarray,
                      sums: np.ndarray, pieces: int) -> int:
     """``kernels.mvm_group`` by the sparse product, in ``pieces`` blocks of iterations (on the
@@ -145,10 +159,12 @@ def mvm_group_sparse(src2d: np.ndarray, g, plan: SparsePlan, out: np.ndarray, tg
         xt = (xt & 0xFF).astype(np.uint8)
     xt = np.ascontiguousarray(xt)
     step = -(-P // max(1, pieces))
+    NW, R, C, PB = plan.spt.shape[1], xt.shape[0], plan.bg.size, plan.block
 
     def unit(p0: int) -> int:
+        wu, wi = _scratch((NW * (R + 1) + 1) * PB, (2 * C + 18) * PB)
         return JIT.sparse_group(xt, p0, min(P, p0 + step), plan.T, plan.v, plan.lane_bits, plan.spt, plan.nzc, plan.bg,
                                 plan.ptr, plan.erow, plan.ev, plan.HM, plan.TH, plan.KP, plan.smask, tgt, cf, out, sums,
-                                plan.block)
+                                PB, wu, wi)
 
     return sum(_map(unit, list(range(0, P, step))))

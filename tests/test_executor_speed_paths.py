@@ -143,6 +143,9 @@ def test_shiftadd_plan_equals_columnwise_reference(n_out, ncols, P, seed, init):
     got = plan.apply(src, None if dst is None else dst.copy())
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(K.shiftadd(src, colmap, n_out, None if dst is None else dst.copy()), want)
+    plan.E_terms = None  # the unit terms as one product instead of term by term
+    np.testing.assert_array_equal(plan.apply(src, None if dst is None else dst.copy()), want)
+    np.testing.assert_array_equal(plan.apply(src, None if dst is None else dst.copy(), vmax=int(src.max())), want)
 
 
 
