@@ -1018,7 +1018,8 @@ class Machine:
     def _run_fusion(self, first: int, fast_path: bool):
         """What ``_run_bitlevel_layer`` needs besides the data, or None where it does not apply
         (built once per run and path): every mvm of the run is either on a provably lossless
-        crossbar (fast path only) or in a bit-level group with a byte-packed or sparse plan, their columns
+        crossbar (fast path only) or in a bit-level group with a byte-packed or sparse plan (and no
+        crossbar claims a lossless ADC it does not have: that error is the unfused path's), their columns
         lie apart in the i64 column buffer (a group's side by side), and every sum stays exact in
         int64."""
         key = (first, fast_path)
@@ -1049,7 +1050,7 @@ class Machine:
             for m in members:
                 xb = self.xbars[int(self.instrs[m].fields["xbar"])]
                 c0 = int(self.instrs[m].fields["col0"])
-                if c0 < 0 or c0 + xb.cols > cdecl.shape[1]:
+                if c0 < 0 or c0 + xb.cols > cdecl.shape[1] or (xb.lossless_flag and not xb.provably_lossless(dac)):
                     return None
                 vmax = max(vmax, ((1 << bits) - 1) * xb.max_col_sum)  # a column result's bound
                 if fast_path and xb.provably_lossless(dac):
@@ -1095,13 +1096,10 @@ class Machine:
         cols_name, sa = f0["dst"], self.run_shiftadds[first]
         if cols_name in self.env or f0["src"] not in self.env:
             return None  # stale columns from an earlier use would survive the unfused path; errors go there too
-        pre = {}
-        for m in range(first, self.mvm_run_end[first]):
-            self.pc, self.instr = m, self.instrs[m]
-            pre[m] = self._mvm_pre(self.instrs[m], fast_path)  # checks the source once per array
-        src2d, lossless = pre[first][1], {m for m, _xb, _c0 in fast}
-        if any(p[4] != (m in lossless) or p[1] is not src2d for m, p in pre.items()):
-            return None  # (as planned: the fast path exactly on the provably lossless crossbars)
+        # the source, checked once: every mvm of the run reads it with the same widths, and what
+        # _mvm_pre checks per crossbar (declared, lossless flag honest) the plan checked already
+        self.pc, self.instr = first, self.instrs[first]
+        src2d = self._mvm_pre(self.instrs[first], fast_path)[1]
         P = src2d.shape[0]
         cdecl = self.buffers[cols_name]
         kept = np.zeros((P, stored.size), dtype=np.int64)  # the columns the unit terms read, side by side

@@ -334,6 +334,7 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
         low |= np.uint64((1 << (Lb - 1)) - 1) << np.uint64(Lb * l)
         top |= np.uint64(1 << (Lb - 1)) << np.uint64(Lb * l)
     lmask, sh_top = np.uint64((1 << Lb) - 1), np.uint64(Lb - 1)
+    one, minus_one = np.uint64(1), ~np.uint64(0)
     # the merge stages (three at most: 8-bit lanes; a missing third one is the identity)
     m0, s0, f0, h0 = smask[0], np.uint64(v), np.uint64(Lb), smask[0]
     m1, s1, f1, h1 = smask[1], np.uint64(2 * v), np.uint64(2 * Lb), smask[1]
@@ -360,8 +361,15 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
                     acc[i] = b * pk[i]
                 for e in range(ptr[c], ptr[c + 1]):
                     s, row = ev[e], sp[k, erow[e]]
-                    for i in range(n):
-                        acc[i] += s * row[i]
+                    if s == one:  # (cells one off the background are most exceptions: no multiply)
+                        for i in range(n):
+                            acc[i] += row[i]
+                    elif s == minus_one:
+                        for i in range(n):
+                            acc[i] -= row[i]
+                    else:
+                        for i in range(n):
+                            acc[i] += s * row[i]
                 # the ADC (every lane at once: saturate where a bit of hm is set, keep kp), the
                 # shift-and-add (pairs of fields merge, smask), and this word's weight, in one pass
                 for i in range(n):
