@@ -190,7 +190,7 @@ class Machine:
         self.fused_pending: dict[tuple, list] = {}
         self.prepared: set[bool] = set()
         self.deferred: list[Future] = []  # counts running on the counting thread (``_defer``)
-        #: per path: the im2col results stored column by column (only sparse products read them)
+        #: per path: the im2col results stored column by column (sparse products read most of them)
         self.k_major: dict[bool, set] = {}
         self.nz_tables: dict[tuple[int, int], np.ndarray] = {}
 
@@ -686,11 +686,11 @@ class Machine:
         """Wait for the deferred counts (part of the run: before its time is taken) and put their
         results where the events wait for them; a count's error is raised here (``quiet``: not)."""
         pending, self.deferred = self.deferred, []
-        for fut in pending:
-            if fut.exception() is not None:
-                if quiet:
-                    return
-                raise fut.exception()
+        errors = [e for e in (fut.exception() for fut in pending) if e is not None]  # (waits for each)
+        if errors:
+            if quiet:
+                return
+            raise errors[0]
         for calls in self.fused_pending.values():
             for j, call in enumerate(calls):
                 if isinstance(call[3], Future):

@@ -321,8 +321,9 @@ class XbarGroup:
         self._sp: dict[tuple[int, int], KS.SparsePlan | None] = {}
 
     def prepare(self, bits: int, dac_bits: int) -> None:
-        """Build the float cells the grouped product of these widths uses (for the byte-packed
-        product: run it once on one zero input, so its compiled loops are ready before a run)."""
+        """Build what the grouped product of these widths uses: the sparse plan, or else the
+        float cells; and run the sparse or byte-packed product once on a zero input, so that its
+        compiled loops are ready before a run."""
         if bits < 1 or dac_bits < 1:
             return
         if self.sparse_plan(bits, dac_bits) is not None:
