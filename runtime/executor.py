@@ -1252,7 +1252,8 @@ class Machine:
         out = np.empty((B, N, HW), dtype=out_dtype)
         step = max(1, (1 << 16) // max(N, 1))
         items = [(b, q0, min(HW, q0 + step)) for b in range(B) for q0 in range(0, HW, step)]
-        K._map(lambda it: JIT.requant_nchw(src, bias, mult, shift, zp, lo, hi, out, *it), items)
+        K._map(lambda it: JIT.requant_nchw(src, bias, mult, shift, zp, lo, hi, out, *it), items, work=out.size,
+               min_work=K.PARALLEL_MIN_ELEMS)
         return out
 
     # ------------------------------------------------------------------- digital instructions

@@ -60,7 +60,7 @@ def im2col(src: np.ndarray, kernel, stride, pad, dilation, pad_value: int, k_maj
         def fill_all(c0: int) -> None:
             km[c0 : c0 + cstep] = view[:, c0 : c0 + cstep].transpose(1, 2, 3, 0, 4, 5)
 
-        _map(fill_all, list(range(0, C, cstep)))
+        _map(fill_all, list(range(0, C, cstep)), work=km.size, min_work=PARALLEL_MIN_ELEMS)
         return km.reshape(CK, B * HW).T
     out = np.empty((B * HW, CK), dtype=src.dtype)
     tmp = np.empty((C, kh, kw, Ho, Wo), dtype=src.dtype)
@@ -79,8 +79,8 @@ def im2col(src: np.ndarray, kernel, stride, pad, dilation, pad_value: int, k_maj
                 q1 = min(HW, q0 + pblk, p0 + pstep)
                 out[b * HW + q0 : b * HW + q1] = flat[:, q0:q1].T
 
-        _map(fill, list(range(0, C, cstep)))
-        _map(transpose, list(range(0, HW, pstep)))
+        _map(fill, list(range(0, C, cstep)), work=tmp.size, min_work=PARALLEL_MIN_ELEMS)
+        _map(transpose, list(range(0, HW, pstep)), work=tmp.size, min_work=PARALLEL_MIN_ELEMS)
     return out
 
 
@@ -276,11 +276,16 @@ def _workers() -> int:
 PARALLEL_MIN_WORK = 1 << 25
 
 
-def _map(fn, items: list, work: int | None = None) -> list:
+#: least elements of a copying or element-wise call (im2col, requant) worth splitting likewise
+PARALLEL_MIN_ELEMS = 1 << 20
+
+
+def _map(fn, items: list, work: int | None = None, min_work: int | None = None) -> list:
     """fn over items, on a small thread pool when there is more than one item and ``work`` (the
-    call's multiply-adds, if the caller knows them) reaches PARALLEL_MIN_WORK (results in order)."""
+    call's multiply-adds, if the caller knows them) reaches ``min_work`` (PARALLEL_MIN_WORK by
+    default; results in order)."""
     global _POOL
-    if len(items) <= 1 or _workers() == 1 or (work is not None and work < PARALLEL_MIN_WORK):
+    if len(items) <= 1 or _workers() == 1 or (work is not None and work < (PARALLEL_MIN_WORK if min_work is None else min_work)):
         return [fn(it) for it in items]
     if _POOL is None or _POOL._max_workers != _workers():
         _POOL = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="pimc-runtime")
@@ -391,7 +396,7 @@ BYTE_BLOCK_WORDS = 1 << 18
 #: smallest byte-packed mvm (words, all bit-steps) split over the worker threads
 BYTE_SPLIT_WORDS = 1 << 18
 #: smallest sparse product (its estimated ns, ``kernels_sparse.SPARSE_NS``) split over the worker threads
-SPARSE_SPLIT_NS = 500_000
+SPARSE_SPLIT_NS = 2_000_000
 
 
 @dataclass
@@ -480,7 +485,7 @@ def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int
     wb = min(Wp, -(-n // pb)) if shiftadd is None else 1
     pstep, wstep = -(-P // pb), -(-Wp // wb)
     units = [(p0, min(P, p0 + pstep), w0, min(Wp, w0 + wstep)) for p0 in range(0, P, pstep) for w0 in range(0, Wp, wstep)]
-    return sum(_map(lambda u: unit(*u), units))
+    return sum(_map(lambda u: unit(*u), units, work=total * g.rows_used))  # (its multiply-adds)
 
 
 def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np.ndarray | None = None,

@@ -205,12 +205,12 @@ def test_byte_path_isaac8_adc6_like(workers, block):
     src = _relu_like(rng, 333, K_in)
     g = _group(images, table, adcs, 2)
     assert g.byte_plan(8, 1) is not None
-    old = K.BYTE_BLOCK_WORDS, K.BYTE_SPLIT_WORDS
-    K.BYTE_BLOCK_WORDS, K.BYTE_SPLIT_WORDS = block, 1
+    old = K.BYTE_BLOCK_WORDS, K.BYTE_SPLIT_WORDS, K.PARALLEL_MIN_WORK
+    K.BYTE_BLOCK_WORDS, K.BYTE_SPLIT_WORDS, K.PARALLEL_MIN_WORK = block, 1, 0  # (many units, on the threads)
     try:
         _check(src, images, table, adcs, 2, 8, 1, workers=workers)
     finally:
-        K.BYTE_BLOCK_WORDS, K.BYTE_SPLIT_WORDS = old
+        K.BYTE_BLOCK_WORDS, K.BYTE_SPLIT_WORDS, K.PARALLEL_MIN_WORK = old
     _check(src, images, table, adcs, 2, 8, 1, workers=workers)
 
 
