@@ -619,9 +619,7 @@ class Machine:
                 colmap = self.consts.get(ins.fields["colmap"])
                 if sdecl is None or ddecl is None or colmap is None or len(sdecl.shape) != 2 or len(ddecl.shape) != 2:
                     continue
-                key = (ins.fields["colmap"], ddecl.shape[1], sdecl.shape[1])
-                if key not in self.sa_plans:
-                    self.sa_plans[key] = K.ShiftaddPlan(colmap, ddecl.shape[1], sdecl.shape[1])
+                self._shiftadd_plan(ins.fields["colmap"], colmap, ddecl.shape[1], sdecl.shape[1])
             except (KeyError, TypeError, ValueError, ProgramError):
                 continue
         for first in self.run_shiftadds:  # the folded shiftadds (their plans, and the kernels they call)
@@ -639,6 +637,14 @@ class Machine:
                 _warm(("requant", st.str, dt.str), JIT.requant_nchw, np.zeros((1, 1), dtype=st), one, one, one, 0, 0, 0,
                       np.zeros((1, 1, 1), dtype=dt), 0, 0, 1)
         self.prepared.add(fast_path)
+
+    def _shiftadd_plan(self, name: str, colmap: np.ndarray, n_out: int, ncols: int) -> K.ShiftaddPlan:
+        """The prepared plan of column map ``name`` for n_out outputs from ncols columns (built once)."""
+        key = (name, n_out, ncols)
+        plan = self.sa_plans.get(key)
+        if plan is None:
+            plan = self.sa_plans[key] = K.ShiftaddPlan(colmap, n_out, ncols)
+        return plan
 
     def _nz_table(self, bits: int, dac: int, dtype: np.dtype) -> np.ndarray | None:
         """Non-zero DAC digits per code value (uint8), or None where a popcount gives them (1-bit digits)."""
@@ -1072,10 +1078,7 @@ class Machine:
         colmap = self.consts.get(sa_ins.fields["colmap"])
         if colmap is None:
             return None
-        pkey = (sa_ins.fields["colmap"], sdecl.shape[1], cdecl.shape[1])
-        plan = self.sa_plans.get(pkey)
-        if plan is None:
-            plan = self.sa_plans[pkey] = K.ShiftaddPlan(colmap, sdecl.shape[1], cdecl.shape[1])
+        plan = self._shiftadd_plan(sa_ins.fields["colmap"], colmap, sdecl.shape[1], cdecl.shape[1])
         targets = plan.column_targets()
         if targets is None or not plan.exact_for(vmax):
             return None
@@ -1143,10 +1146,7 @@ class Machine:
             dst = prev.astype(np.int64, copy=True)
         acc = None
         if src.ndim == 2 and src.dtype == np.int64:
-            key = (ins.fields["colmap"], decl.shape[1], src.shape[1])
-            plan = self.sa_plans.get(key)
-            if plan is None:
-                plan = self.sa_plans[key] = K.ShiftaddPlan(colmap, decl.shape[1], src.shape[1])
+            plan = self._shiftadd_plan(ins.fields["colmap"], colmap, decl.shape[1], src.shape[1])
             b = self._bounds(src_name, src)
             vmax = max(-b[0], b[1]) if b is not None else (max(abs(int(src.max())), abs(int(src.min()))) if src.size else 0)
             dmax = max(abs(int(dst.max())), abs(int(dst.min()))) if dst is not None and dst.size else 0

@@ -442,6 +442,11 @@ def _uniform_adc(plan: _BytePlan, bits: int, dac_bits: int) -> bool:
     return plan.uniform is not None and 8 + -(-bits // dac_bits) * dac_bits <= 24
 
 
+def _own_columns(C: int, P: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``mvm_group``'s ``shiftadd`` targets when none is fused: every column stored at its own index."""
+    return -2 - np.arange(C, dtype=np.int64), np.zeros(C, dtype=np.int64), np.empty((P, 0), dtype=np.int64)
+
+
 def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int, dac_bits: int, out: np.ndarray,
                      shiftadd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> int:
     """``mvm_group`` when one read's column sum is below 2^8: three columns share a float32 word
@@ -455,11 +460,7 @@ def _mvm_group_bytes(src2d: np.ndarray, g: XbarGroup, plan: _BytePlan, bits: int
     T = -(-bits // dac_bits)
     Wp = plan.words
     small = src2d.dtype if src2d.dtype.kind == "u" else np.dtype(np.int64)
-    if shiftadd is None:  # every column stored at its own index
-        C = int(g.offsets[-1])
-        tgt, cf, sums = -2 - np.arange(C, dtype=np.int64), np.zeros(C, dtype=np.int64), np.empty((P, 0), dtype=np.int64)
-    else:
-        tgt, cf, sums = shiftadd
+    tgt, cf, sums = _own_columns(int(g.offsets[-1]), P) if shiftadd is None else shiftadd
     uniform = _uniform_adc(plan, bits, dac_bits)
 
     def unit(p0: int, p1: int, w0: int, w1: int) -> int:
@@ -522,10 +523,7 @@ def mvm_group(src2d: np.ndarray, g: XbarGroup, bits: int, dac_bits: int, out: np
     _check_row_idx(src2d, g.xbs[0].id, g.row_idx)
     sparse = g.sparse_plan(bits, dac_bits)
     if sparse is not None:
-        if shiftadd is None:  # every column stored at its own index
-            tgt, cf, sums = -2 - np.arange(C, dtype=np.int64), np.zeros(C, dtype=np.int64), np.empty((P, 0), dtype=np.int64)
-        else:
-            tgt, cf, sums = shiftadd
+        tgt, cf, sums = _own_columns(C, P) if shiftadd is None else shiftadd
         pieces = _workers() if P * sparse.ns >= SPARSE_SPLIT_NS else 1
         return out, KS.mvm_group_sparse(src2d, g, sparse, out, tgt, cf, sums, pieces)
     plan = g.byte_plan(bits, dac_bits)

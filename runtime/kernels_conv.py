@@ -283,12 +283,16 @@ def _selection(n_in: int, lead: int, k: int, dil: int, stride: int, n_out: int) 
     return sel, pads
 
 
-def _rows_of_offsets(a: np.ndarray, rsel: np.ndarray) -> np.ndarray:
-    """res[c, i, j] = Σ_h rsel[h, i]·a[c, h, j]: [C, H, kw] row sums per column offset to [C, kh, kw]
-    (one float64 product; every sum an integer below 2^53)."""
+def _offset_totals(a: np.ndarray, rsel: np.ndarray, rpad: np.ndarray, cpad: np.ndarray, Ho: int, Wo: int,
+                   pad_count: int) -> np.ndarray:
+    """ones_per_column's result from ``a`` [C, H, kw], each input row's count per column offset:
+    Σ_h rsel[h, i]·a[c, h, j] (one float64 product; every sum an integer below 2^53), plus
+    ``pad_count`` (the pad value's count times the images) per window position in the padding."""
     C, H, kw = a.shape
     res = np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(C * kw, H) @ rsel.astype(np.float64)  # [C·kw, kh]
-    return np.ascontiguousarray(res.reshape(C, kw, -1).transpose(0, 2, 1))
+    res = res.reshape(C, kw, -1).transpose(0, 2, 1)
+    real = np.outer(Ho - rpad, Wo - cpad)  # [kh, kw] window positions inside the input
+    return np.rint(res + float(pad_count) * (Ho * Wo - real)).astype(np.int64).reshape(-1)
 
 
 #: most columns of a stride class that a kernel column offset may skip for ``_ones_by_word_popcounts``
@@ -342,10 +346,7 @@ def _ones_by_word_popcounts(src: np.ndarray, plan: ConvPlan, Ho: int, Wo: int, p
         for w in skipped:
             row = row - np.bitwise_count(src[:, :, :, w]).sum(axis=0, dtype=np.int64)
         a[:, :, j] = row
-    res = _rows_of_offsets(a, rsel)
-    real = np.outer(Ho - rpad, Wo - cpad)
-    res += float(B * pad_ones) * (Ho * Wo - real)
-    return np.rint(res).astype(np.int64).reshape(-1)
+    return _offset_totals(a, rsel, rpad, cpad, Ho, Wo, B * pad_ones)
 
 
 def ones_per_column(src: np.ndarray, plan: ConvPlan, table: np.ndarray | None) -> np.ndarray:
@@ -379,7 +380,4 @@ def ones_per_column(src: np.ndarray, plan: ConvPlan, table: np.ndarray | None) -
     csel, cpad, rsel, rpad = sel
     # [B·C·H, W] @ [W, kw]: every sum at most (max count)·W, exact in float32
     a = (ones.reshape(-1, W).astype(np.float32) @ csel).reshape(B, C, H, kw).sum(axis=0, dtype=np.float64)
-    res = _rows_of_offsets(a, rsel)
-    real = np.outer(Ho - rpad, Wo - cpad)  # [kh, kw] window positions inside the input
-    res += float(B * pad_ones) * (Ho * Wo - real)
-    return np.rint(res).astype(np.int64).reshape(-1)
+    return _offset_totals(a, rsel, rpad, cpad, Ho, Wo, B * pad_ones)
