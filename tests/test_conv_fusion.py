@@ -83,8 +83,9 @@ def _case(case):
 
 @SETTINGS
 @given(layers(), st.sampled_from([(np.uint8, 0, 255), (np.int8, -128, 127), (np.int32, -(2**31), 2**31 - 1)]),
-       st.booleans())
-def test_run_conv_equals_im2col_product_and_requant(case, out_type, no_shift):
+       st.booleans(), st.booleans())
+def test_run_conv_equals_im2col_product_and_requant(case, out_type, no_shift, tiny_blocks):
+    """(``tiny_blocks``: blocks of a few rows or channels, so that layers split into many.)"""
     src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
     dtype, lo, hi = out_type
     if no_shift:  # shift 0: nothing rounded away
@@ -98,7 +99,11 @@ def test_run_conv_equals_im2col_product_and_requant(case, out_type, no_shift):
     if plan is None:  # only when no float product can be exact
         assert ((1 << bits) - 1) * int(np.abs(Wm).sum(axis=0).max()) >= 1 << 53
         return
-    got = KC.run_conv(src, plan, dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        if tiny_blocks:
+            mp.setattr(KC, "XT_BLOCK_ELEMS", 64)
+            mp.setattr(KC, "SUM_BLOCK_ELEMS", 32)
+        got = KC.run_conv(src, plan, dtype)
     assert got.shape == (src.shape[0], N, Ho, Wo)
     np.testing.assert_array_equal(got.transpose(0, 2, 3, 1).reshape(-1, N), ref)
 
