@@ -12,6 +12,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from isa_refs import ref_im2col, ref_mvm
@@ -300,3 +301,29 @@ def test_requant_with_a_proven_bound_equals_requant_without(P, N, seed, cm, out_
         for bi in range(P // HW):
             JIT.requant_nchw(src, bias, mult, shift, zp, lo, hi, nchw, bi, 0, HW)
         assert (nchw.transpose(0, 2, 1).reshape(P, N).astype(object) == want).all()
+
+
+def test_map_shares_items_between_threads_in_order_and_raises_a_failure(monkeypatch):
+    """``kernels._map`` with helpers: every item once, results in the items' order, and an item's
+    error raised in the caller once the helpers have stopped taking items."""
+    import threading  # noqa: PLC0415
+
+    monkeypatch.setattr(K, "WORKERS", 2)
+    seen, lock = [], threading.Lock()
+
+    def square(i):
+        with lock:
+            seen.append(i)
+        return i * i
+
+    assert K._map(square, list(range(200)), work=1 << 40) == [i * i for i in range(200)]
+    assert sorted(seen) == list(range(200))
+    assert K._map(square, [3], work=0) == [9]  # below the work threshold: in sequence
+
+    def fail_on_7(i):
+        if i == 7:
+            raise ValueError("item 7")
+        return i
+
+    with pytest.raises(ValueError, match="item 7"):
+        K._map(fail_on_7, list(range(50)), work=1 << 40)
