@@ -71,8 +71,8 @@ class FusedEventsPlan:
     n_blocks: int
     block_gathers: list  # per DAC width: (dac, blocks, their rows concatenated, segment starts)
     dacs: list  # distinct (dac, T)
-    chip: np.ndarray
-    tile: np.ndarray
+    #: per number of copies n: (the crossbars with n copies, their copies' chips [., n], tiles [., n])
+    copy_sets: list
     place0: tuple
     colhomes: dict
     path: str = "fast"  # what the report says ran: the fused fast path, or a bit-level crossbar group
@@ -133,6 +133,8 @@ class Machine:
             raise ProgramError("the program's hardware configuration has no crossbar.cell_bits") from None
         self.xbars: dict[int, K.XbarInfo] = {}
         self.place: dict[int, tuple[int, int]] = {}
+        self.copy_places: dict[int, list[tuple[int, int]]] = {}
+        self.batch = 1  # images in the chunk being run (how replicated layers share iterations)
         for xb in program.xbars:
             if xb.id in self.xbars:
                 raise ProgramError(f"crossbar {xb.id} is declared twice")
@@ -140,6 +142,8 @@ class Machine:
             table = self._const(xb.row_table, f"crossbar {xb.id} row table")
             self.xbars[xb.id] = K.prepare_xbar(xb, image, table, cell_bits)
             self.place[xb.id] = (int(xb.chip), int(xb.tile))
+            # the tiles of all its copies (a replicated layer's: replication of them, isa.md §1)
+            self.copy_places[xb.id] = [self.place[xb.id], *((int(c[0]), int(c[1])) for c in xb.copies)]
         for p in [*program.inputs, *program.outputs]:
             if p.buf not in self.buffers:
                 raise ProgramError(f"port {p.name!r} names an undeclared buffer {p.buf!r}")
@@ -186,7 +190,7 @@ class Machine:
         self.fused_static: dict[int, tuple | None] = {}
         #: (first mvm, bits) of a fused layer, or ("group", mvms, bits) of a bit-level crossbar group
         self.fused_events_plans: dict[tuple, FusedEventsPlan] = {}
-        #: the same keys -> executions so far: (P, itemsize, home, dac_ones per row block)
+        #: the same keys -> executions so far: (P, itemsize, home, dac_ones per row block, images)
         self.fused_pending: dict[tuple, list] = {}
         self.prepared: set[bool] = set()
         self.deferred: list[Future] = []  # counts running on the counting thread (``_defer``)
@@ -356,6 +360,35 @@ class Machine:
 
     # ------------------------------------------------------------------------------ routing
 
+    def copy_iters(self, P: int, n: int, batch: int | None = None) -> list[int]:
+        """Of an instruction's P iterations over ``batch`` images (default: the chunk's), how many
+        each of a crossbar's n copies serves: each image's iterations in contiguous shares of
+        ⌈P_image / n⌉ (isa.md §1)."""
+        if n == 1:
+            return [P]
+        B = self.batch if batch is None else batch
+        B = B if P % B == 0 else 1
+        per = P // B
+        c = _ceil_div(per, n)
+        return [B * max(0, min((k + 1) * c, per) - k * c) for k in range(n)]
+
+    def _copy_flits(self, xid: int, P: int, bytes_per_iter: int, home: tuple[int, int]) -> dict[str, int]:
+        """Router traffic between place ``home`` and the copies of crossbar ``xid`` on other tiles
+        (``bytes_per_iter`` for each iteration such a copy serves): its inputs there, or its column
+        results back."""
+        places = self.copy_places[xid]
+        away = chip = 0
+        for place, iters in zip(places, self.copy_iters(P, len(places))):
+            if place != home:
+                away += iters
+                chip += iters if place[0] != home[0] else 0
+        ev = {}
+        if away and bytes_per_iter > 0:
+            ev["router_flits"] = _ceil_div(away * bytes_per_iter * 8, self.flit_bits)
+            if chip:
+                ev["chip_flits"] = _ceil_div(chip * bytes_per_iter * 8, self.flit_bits)
+        return ev
+
     def _move(self, name: str, nbytes: int, to: tuple[int, int] | None) -> dict[str, int]:
         """Router traffic of ``nbytes`` of buffer ``name`` consumed at place ``to``."""
         src = self.homes.get(name)
@@ -380,6 +413,7 @@ class Machine:
         self.colhomes: dict[str, dict[int, tuple[int, int, int]]] = {}  # dst -> col0 -> (place.., xbar)
         for name, arr in feeds.items():
             self.env[name] = arr
+            self.batch = max(1, int(arr.shape[0]) if arr.ndim else 1)
         i, n = 0, len(self.instrs)
         while i < n:
             ins = self.instrs[i]
@@ -502,12 +536,21 @@ class Machine:
             n_blocks=len(block_rows),
             block_gathers=gathers,
             dacs=[(d, _ceil_div(bits, d)) for d in dict.fromkeys(dacs)],
-            chip=np.array([self.place[xb.id][0] for xb in xbs], dtype=np.int64),
-            tile=np.array([self.place[xb.id][1] for xb in xbs], dtype=np.int64),
+            copy_sets=self._copy_sets([xb.id for xb in xbs]),
             place0=self.place[xbs[0].id],
             colhomes=colhomes,
             path=path,
         )
+
+    def _copy_sets(self, xids: list[int]) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """Crossbars ``xids`` (by position) grouped by their number of copies n: (n, positions,
+        the copies' chips [., n], tiles [., n]), for the router traffic of their inputs."""
+        sets = []
+        for n in sorted({len(self.copy_places[x]) for x in xids}):
+            sel = [i for i, x in enumerate(xids) if len(self.copy_places[x]) == n]
+            places = np.array([self.copy_places[xids[i]] for i in sel], dtype=np.int64).reshape(len(sel), n, 2)
+            sets.append((n, np.array(sel, dtype=np.intp), places[:, :, 0], places[:, :, 1]))
+        return sets
 
     def _pend_events(self, key: tuple, plan: FusedEventsPlan, P: int, itemsize: int, src_name: str, ones: np.ndarray) -> None:
         """Note one execution of a planned set of mvms (P iterations, dac_ones per row block); the
@@ -515,7 +558,7 @@ class Machine:
         home = self.homes.get(src_name)
         if home is None:  # the host loads model inputs where they are first used
             home = self.homes[src_name] = plan.place0
-        self.fused_pending.setdefault(key, []).append((P, itemsize, home, ones))
+        self.fused_pending.setdefault(key, []).append((P, itemsize, home, ones, self.batch))
 
     def flush_events(self, stats: list[InstrStats]) -> None:
         """Hand the fused groups' accumulated events to their mvm instructions' records (once per
@@ -700,9 +743,10 @@ class Machine:
         for calls in self.fused_pending.values():
             for j, call in enumerate(calls):
                 if isinstance(call[3], Future):
-                    calls[j] = (*call[:3], call[3].result())
+                    calls[j] = (*call[:3], call[3].result(), *call[4:])
 
-    def _fused_event_rows(self, plan: FusedEventsPlan, P: int, itemsize: int, home: tuple, ones: np.ndarray) -> np.ndarray:
+    def _fused_event_rows(self, plan: FusedEventsPlan, P: int, itemsize: int, home: tuple, ones: np.ndarray,
+                          batch: int) -> np.ndarray:
         """[crossbars, _FUSED_KEYS] events of one execution of a fused group (isa.md §3.2)."""
         steps = P * plan.T
         ev = np.empty((len(plan.ks), len(_FUSED_KEYS)), dtype=np.int64)
@@ -712,9 +756,15 @@ class Machine:
         ev[:, 3] = ev[:, 1] * plan.cols
         ev[:, 4] = ev[:, 5] = ev[:, 6] = steps * plan.cols
         ev[:, 7] = ev[:, 8] = P * itemsize * plan.rows_used
-        moved = ((plan.chip != home[0]) | (plan.tile != home[1])) & (ev[:, 7] > 0)
-        ev[:, 9] = np.where(moved, -(-(ev[:, 7] * 8) // self.flit_bits), 0)
-        ev[:, 10] = np.where(moved & (plan.chip != home[0]), ev[:, 9], 0)
+        # inputs to the copies on other tiles than the source's (one copy unless replicated)
+        away, chip = np.zeros(len(plan.ks), dtype=np.int64), np.zeros(len(plan.ks), dtype=np.int64)
+        for n, sel, chips, tiles in plan.copy_sets:
+            iters = np.array(self.copy_iters(P, n, batch), dtype=np.int64)
+            away[sel] = (((chips != home[0]) | (tiles != home[1])).astype(np.int64) @ iters)
+            chip[sel] = (chips != home[0]).astype(np.int64) @ iters
+        per_iter = itemsize * plan.rows_used * 8
+        ev[:, 9] = -(-(away * per_iter) // self.flit_bits)
+        ev[:, 10] = -(-(chip * per_iter) // self.flit_bits)
         return ev
 
     def _conv_geometry(self, i: int) -> tuple:
@@ -914,9 +964,9 @@ class Machine:
             self.vbounds.pop(dst_name, None)  # written in place
             dst[:, col0 : col0 + xb.cols] = res
         place = self.place[xid]
-        events.update(self._move(src_name, events["buffer_read_bytes"], place))
         if src_name not in self.homes:
             self.homes[src_name] = place  # the host loads model inputs where they are first used
+        events.update(self._copy_flits(xid, P, xb.rows_used * src2d.dtype.itemsize, self.homes[src_name]))
         self.colhomes[dst_name][col0] = (place, xb.cols, _psum_bytes(bits, xb), xid)
         T = _ceil_div(bits, dac_bits)
         return events, {"adc": {xb.adc_bits: events["adc_conversions"]}, "path": "fast" if use_fast else "bit-level", "xbar": xid, "steps": T}
@@ -1169,17 +1219,14 @@ class Machine:
             "buffer_read_bytes": P * active * itemsize,
             "buffer_write_bytes": out_nbytes,
         }
-        # column results computed on other tiles travel to the tile of the layer's first crossbar
+        # column results computed on other tiles (by any copy of a crossbar) travel to the tile of
+        # the layer's first crossbar
         parts = sorted(self.colhomes.get(src_name, {}).items())
         if parts:
             home = parts[0][1][0]
-            for _, (place, ncols, pbytes, _x) in parts[1:]:
-                if place != home:
-                    bits = P * ncols * pbytes * 8
-                    flits = _ceil_div(bits, self.flit_bits)
-                    events["router_flits"] = events.get("router_flits", 0) + flits
-                    if place[0] != home[0]:
-                        events["chip_flits"] = events.get("chip_flits", 0) + flits
+            for _, (_place, ncols, pbytes, xid) in parts:
+                for name, v in self._copy_flits(xid, P, ncols * pbytes, home).items():
+                    events[name] = events.get(name, 0) + v
             self.homes[dst_name] = home
         elif src_name in self.homes:
             self.homes[dst_name] = self.homes[src_name]

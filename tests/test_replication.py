@@ -17,7 +17,7 @@ from runtime import cost as C
 from runtime.asm import assemble, disassemble
 from runtime.container import SECTIONS_1_0, _file, _sections, read_program, write_program
 from runtime.errors import ProgramError
-from runtime.executor import run_program
+from runtime.executor import machine_for, run_program
 from runtime.model import Buffer, Instr, Layer
 from test_executor import dense_program
 
@@ -74,12 +74,26 @@ def test_hand_computed_time_of_a_replicated_layer():
     want = (P * T * step + digital) / (math.ceil(P / N) * T * step + digital)
     assert rN["throughput_inferences_per_s"] / r1["throughput_inferences_per_s"] == pytest.approx(want, rel=1e-12)
     assert want > 2.5
-    # events are those of every iteration, whatever copy serves it: all counters equal
-    assert rN["run"]["counters"] == r1["run"]["counters"]
-    assert rN["run"]["counters"]["crossbar_reads"] == 2 * P * T
+    # events are those of every iteration, whatever copy serves it: all counters equal but the
+    # router's, which carries the copy on tile 1 its inputs and brings back its column results
+    c1, cN = r1["run"]["counters"], rN["run"]["counters"]
+    assert {k: v for k, v in cN.items() if k != "router_flits"} == {k: v for k, v in c1.items() if k != "router_flits"}
+    assert cN["crossbar_reads"] == 2 * P * T
+    away = 2 * (P - 2 * math.ceil(P / N))  # copy 2 of 3 (tile 1): 4 of each image's 16 iterations
+    image, table = rep.const(rep.xbars[0].image), rep.const(rep.xbars[0].row_table)
+    psum_bytes = math.ceil((255 * int(image[table >= 0].sum(axis=0).max())).bit_length() / 8)
+    flit = cfg["router"]["flit_bits"]
+    want_flits = math.ceil(away * 9 * 8 / flit) + math.ceil(away * 3 * psum_bytes * 8 / flit)  # 9 u8 inputs, 3 columns
+    assert (c1["router_flits"], cN["router_flits"], cN["chip_flits"]) == (0, want_flits, 0)
+    assert want_flits == 18 + 12
     assert rN["adc_conversions_by_bits"] == r1["adc_conversions_by_bits"]
-    for comp in ("crossbar", "dac", "sample_hold", "adc", "shift_add", "buffer", "interconnect", "digital"):
+    for comp in ("crossbar", "dac", "sample_hold", "adc", "shift_add", "buffer", "digital"):
         assert rN["energy_breakdown_j"][comp] == r1["energy_breakdown_j"][comp]
+    assert rN["energy_breakdown_j"]["interconnect"] - r1["energy_breakdown_j"]["interconnect"] == pytest.approx(
+        want_flits * cfg["energy"]["router_flit"] * 1e-12 / 2, rel=1e-12)  # per inference
+    # the bit-level path counts the same
+    _, rB = run_program(rep, {"x": X}, fast_path=False)
+    assert rB["run"]["counters"] == cN
     # the copies exist: 3 physical crossbars on 3 IMAs of 2 tiles, and they leak
     assert (rN["crossbars"], rN["crossbars_unique"], rN["imas"], rN["tiles"], rN["chips"]) == (3, 1, 3, 2, 1)
     assert (r1["crossbars"], r1["crossbars_unique"], r1["imas"], r1["tiles"]) == (1, 1, 1, 1)
@@ -244,6 +258,9 @@ def test_mnist_replicated_program_runs_faster_with_the_same_outputs_and_events(m
     assert rrep["adc_conversions_by_bits"] == brep["adc_conversions_by_bits"]
     for comp in ("crossbar", "dac", "sample_hold", "adc", "shift_add", "buffer", "digital"):
         assert rrep["energy_breakdown_j"][comp] == pytest.approx(brep["energy_breakdown_j"][comp], rel=1e-12)
+    # the bit-level path counts the traffic to and from the copies as the fast path does
+    _, bit = run_program(program, {program.inputs[0].name: np.load(EXAMPLE / "samples.npy")}, fast_path=False)
+    assert bit["run"]["counters"] == rrep["run"]["counters"]
 
 
 def test_mnist_replicated_program_round_trips_exactly(mnist):
@@ -254,3 +271,24 @@ def test_mnist_replicated_program_round_trips_exactly(mnist):
     assert "replication=" in text and "copies=[[" in text
     assert write_program(assemble(text, "disasm")) == data
     assert disassemble(read_program(write_program(program), "again")) == text
+
+
+def test_router_traffic_to_a_copy_on_another_chip():
+    """A copy on chip 1 receives its share of the inputs and returns its column results across
+    the chip boundary: all of that traffic is chip traffic too; a copy on the home tile moves none."""
+    rep = conv_program(3)
+    rep.xbars[0].copies = [(1, 0, 0), (0, 0, 1)]
+    flit = rep.config["router"]["flit_bits"]
+    share = 2 * math.ceil(P / N)  # copy 1 serves the 6 next iterations of each of the 2 images
+    image, table = rep.const(rep.xbars[0].image), rep.const(rep.xbars[0].row_table)
+    psum_bytes = math.ceil((255 * int(image[table >= 0].sum(axis=0).max())).bit_length() / 8)
+    want = math.ceil(share * 9 * 8 / flit) + math.ceil(share * 3 * psum_bytes * 8 / flit)
+    for fast in (True, False):
+        _, r = run_program(rep, {"x": X}, fast_path=fast)
+        c = r["run"]["counters"]
+        assert (c["router_flits"], c["chip_flits"]) == (want, want) == (27 + 18, 45)
+    # and every instruction on its own (no fused layer, no crossbar group)
+    m = machine_for(rep)
+    m.conv_chains, m.groups, m.run_shiftadds, m.mvm_runs = {}, {}, {}, {}
+    _, r1 = run_program(rep, {"x": X}, fast_path=False)
+    assert r1["run"]["counters"] == c and {L.get("path") for L in r1["layers"]} == {"bit-level"}
