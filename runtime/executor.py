@@ -377,6 +377,8 @@ class Machine:
         (``bytes_per_iter`` for each iteration such a copy serves): its inputs there, or its column
         results back."""
         places = self.copy_places[xid]
+        if len(places) == 1 and places[0] == home:
+            return {}
         away = chip = 0
         for place, iters in zip(places, self.copy_iters(P, len(places))):
             if place != home:
@@ -1221,12 +1223,24 @@ class Machine:
         }
         # column results computed on other tiles (by any copy of a crossbar) travel to the tile of
         # the layer's first crossbar
-        parts = sorted(self.colhomes.get(src_name, {}).items())
+        parts = self.colhomes.get(src_name)
         if parts:
-            home = parts[0][1][0]
-            for _, (_place, ncols, pbytes, xid) in parts:
-                for name, v in self._copy_flits(xid, P, ncols * pbytes, home).items():
-                    events[name] = events.get(name, 0) + v
+            home = parts[min(parts)][0]
+            flits = chip = 0
+            for place, ncols, pbytes, xid in parts.values():
+                if len(self.copy_places[xid]) == 1:  # (unreplicated: the common case, inline)
+                    if place != home:
+                        f = _ceil_div(P * ncols * pbytes * 8, self.flit_bits)
+                        flits += f
+                        chip += f if place[0] != home[0] else 0
+                    continue
+                ev = self._copy_flits(xid, P, ncols * pbytes, home)
+                flits += ev.get("router_flits", 0)
+                chip += ev.get("chip_flits", 0)
+            if flits:
+                events["router_flits"] = flits
+            if chip:
+                events["chip_flits"] = chip
             self.homes[dst_name] = home
         elif src_name in self.homes:
             self.homes[dst_name] = self.homes[src_name]
