@@ -287,7 +287,7 @@ def _map(fn, items: list, work: int | None = None, min_work: int | None = None) 
     them) reaches ``min_work`` (PARALLEL_MIN_WORK by default).
 
     The caller takes items itself rather than waiting: each thread takes the next item not yet
-    taken, so a helper that wakes late (waking a sleeping thread costs ~0.1 ms on a virtual
+    taken, so a helper that wakes late (waking a sleeping thread costs ~0.2 ms on this virtual
     machine) only takes fewer items, and the call is never slower than in sequence by more than
     the hand-over."""
     global _POOL
