@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -265,6 +266,7 @@ GROUP_BLOCK_ELEMS = 1 << 17
 #: worker threads for independent blocks of a kernel (set to 1 for strictly sequential kernels)
 WORKERS = min(2, os.cpu_count() or 1)
 _POOL: ThreadPoolExecutor | None = None
+_IN_MAP = threading.local()  # set while a thread runs _map's items
 
 
 def _workers() -> int:
@@ -293,6 +295,8 @@ def _map(fn, items: list, work: int | None = None, min_work: int | None = None) 
     global _POOL
     if len(items) <= 1 or _workers() == 1 or (work is not None and work < (PARALLEL_MIN_WORK if min_work is None else min_work)):
         return [fn(it) for it in items]
+    if getattr(_IN_MAP, "active", False):  # an item's own _map: in sequence, as every thread is taken
+        return [fn(it) for it in items]    # (a helper waiting on its own queued task would never return)
     if _POOL is None or _POOL._max_workers != _workers() - 1:
         _POOL = ThreadPoolExecutor(max_workers=_workers() - 1, thread_name_prefix="pimc-runtime")
     results: list = [None] * len(items)
@@ -300,14 +304,18 @@ def _map(fn, items: list, work: int | None = None, min_work: int | None = None) 
     failed: list[BaseException] = []
 
     def take() -> None:
-        for i in order:
-            if i >= len(items) or failed:
-                return
-            try:
-                results[i] = fn(items[i])
-            except BaseException as e:  # noqa: BLE001 - raised by the caller, after the helpers stop
-                failed.append(e)
-                return
+        _IN_MAP.active = True
+        try:
+            for i in order:
+                if i >= len(items) or failed:
+                    return
+                try:
+                    results[i] = fn(items[i])
+                except BaseException as e:  # noqa: BLE001 - raised by the caller, after the helpers stop
+                    failed.append(e)
+                    return
+        finally:
+            _IN_MAP.active = False
 
     helpers = [_POOL.submit(take) for _ in range(min(_workers() - 1, len(items) - 1))]
     take()

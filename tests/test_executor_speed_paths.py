@@ -327,3 +327,14 @@ def test_map_shares_items_between_threads_in_order_and_raises_a_failure(monkeypa
 
     with pytest.raises(ValueError, match="item 7"):
         K._map(fail_on_7, list(range(50)), work=1 << 40)
+
+    # an item's own parallel call (requant inside a conv block) runs in sequence, never waiting
+    # for a helper that is busy with the outer call
+    def outer(i):
+        return sum(K._map(lambda j: i * j, list(range(40)), work=1 << 40))
+
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(K._map(outer, list(range(30)), work=1 << 40)), daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert done == [[i * sum(range(40)) for i in range(30)]], "nested parallel calls did not finish"
