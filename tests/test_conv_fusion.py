@@ -235,3 +235,26 @@ def test_deferred_counts_equal_inline_counts_and_raise_their_errors(monkeypatch)
     monkeypatch.setattr(KC, "ones_per_column", broken)
     with pytest.raises(RuntimeError, match="count failed"):
         E.run_program(program, x)
+
+
+def test_checked_requantization_of_a_large_block_on_two_threads(monkeypatch):
+    """A block whose sums pass int64 takes the arbitrary-precision requantization, itself split in
+    blocks: a parallel call inside a parallel call (it runs in sequence there, and is exact)."""
+    import threading  # noqa: PLC0415
+
+    monkeypatch.setattr(K, "WORKERS", 2)
+    monkeypatch.setattr(K, "PARALLEL_MIN_WORK", 0)
+    beyond = []
+    monkeypatch.setattr(KC, "requant", lambda *a, **k: beyond.append(1) or K.requant(*a, **k))
+    case = (2, 4, 4, 130, 128, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8, 2**22, True, False, 11)
+    src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
+    plan = KC.plan_conv(K.LayerMatrix(Wm, bits), bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, 0, 255)
+    assert plan.check is not None
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(KC.run_conv(src, plan, np.uint8)), daemon=True)
+    t.start()
+    t.join(timeout=120)
+    assert got, "the layer did not finish"
+    assert beyond
+    cols, _ = _im2col(src.astype(np.int64), kernel, stride, pad, dil, pv)
+    np.testing.assert_array_equal(got[0].transpose(0, 2, 3, 1).reshape(-1, Wm.shape[1]), _requant_ref(cols @ Wm, bias, mult, shift, zp, 0, 255))
