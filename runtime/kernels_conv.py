@@ -285,16 +285,36 @@ def _selection(n_in: int, lead: int, k: int, dil: int, stride: int, n_out: int) 
     return sel, pads
 
 
-def _offset_totals(a: np.ndarray, rsel: np.ndarray, rpad: np.ndarray, cpad: np.ndarray, Ho: int, Wo: int,
-                   pad_count: int) -> np.ndarray:
-    """ones_per_column's result from ``a`` [C, H, kw], each input row's count per column offset:
-    Σ_h rsel[h, i]·a[c, h, j] (one float64 product; every sum an integer below 2^53), plus
-    ``pad_count`` (the pad value's count times the images) per window position in the padding."""
-    C, H, kw = a.shape
-    res = np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(C * kw, H) @ rsel.astype(np.float64)  # [C·kw, kh]
-    res = res.reshape(C, kw, -1).transpose(0, 2, 1)
-    real = np.outer(Ho - rpad, Wo - cpad)  # [kh, kw] window positions inside the input
-    return np.rint(res + float(pad_count) * (Ho * Wo - real)).astype(np.int64).reshape(-1)
+def _offset_totals(a: np.ndarray, rsel: np.ndarray, free: np.ndarray, pad_count: int) -> np.ndarray:
+    """ones_per_column's result from ``a`` [C, kw, H] float64, each input row's count per column
+    offset: Σ_h rsel[h, i]·a[c, j, h] (one float64 product: every sum an integer below 2^53, so the
+    conversion to int64 is exact), plus ``pad_count`` (the pad value's count times the images) for
+    each of the ``free`` [kh, kw] window positions in the padding (``_row_terms``)."""
+    C, kw, H = a.shape
+    res = (a.reshape(C * kw, H) @ rsel).reshape(C, kw, -1).transpose(0, 2, 1)  # [C, kh, kw]
+    out = np.empty(res.shape, dtype=np.int64)
+    np.add(res, float(pad_count) * free if pad_count else 0.0, out=out, casting="unsafe")
+    return out.reshape(-1)
+
+
+def _row_terms(plan: ConvPlan, H: int, W: int, Ho: int, Wo: int) -> tuple[np.ndarray, np.ndarray]:
+    """For ``_offset_totals``: the rows' selection [H, kh] as float64, and per kernel offset (i, j)
+    the window positions that fall in the padding, [kh, kw] float64 (cached per input size)."""
+    key = ("terms", H, W)
+    if key not in plan.cache:
+        _csel, cpad, rsel, rpad = _selections(plan, H, W, Ho, Wo)
+        free = Ho * Wo - np.outer(Ho - rpad, Wo - cpad)
+        plan.cache[key] = (rsel.astype(np.float64), free.astype(np.float64))
+    return plan.cache[key]
+
+
+def _selections(plan: ConvPlan, H: int, W: int, Ho: int, Wo: int) -> tuple[np.ndarray, ...]:
+    """``_selection`` of the columns and of the rows of an H x W input: (csel, cpad, rsel, rpad), cached."""
+    sel = plan.cache.get((H, W))
+    if sel is None:
+        (kh, kw), (sh, sw), (pt, pl, _pb, _pr), (dh, dw) = plan.kernel, plan.stride, plan.pad, plan.dilation
+        sel = plan.cache[(H, W)] = (*_selection(W, pl, kw, dw, sw, Wo), *_selection(H, pt, kh, dh, sh, Ho))
+    return sel
 
 
 #: most columns of a stride class that a kernel column offset may skip for ``_ones_by_word_popcounts``
@@ -327,10 +347,10 @@ def _ones_by_word_popcounts(src: np.ndarray, plan: ConvPlan, Ho: int, Wo: int, p
                 return None
             offsets.append((cls, skipped))
         masks = [np.uint64(sum(0xFF << (8 * b) for b in range(8) if b % sw == c)) for c in range(sw)]
-        cached = plan.cache[key] = (offsets, masks, _selection(W, pl, kw, dw, sw, Wo)[1], *_selection(H, pt, kh, dh, sh, Ho))
+        cached = plan.cache[key] = (offsets, masks)
     if cached is False:
         return None
-    offsets, masks, cpad, rsel, rpad = cached
+    offsets, masks = cached
     words = src.view(np.uint64).reshape(B * C * H, W // 8)
     ones8 = np.ones(W // 8, dtype=np.float32)
 
@@ -342,13 +362,13 @@ def _ones_by_word_popcounts(src: np.ndarray, plan: ConvPlan, Ho: int, Wo: int, p
     per_class = [row_ones(words)] if sw == 1 else [row_ones(words & m) for m in masks[:-1]]
     if sw > 1:  # the last class: what the others leave of the whole rows
         per_class.append(row_ones(words) - sum(per_class))  # [C, H] each
-    a = np.empty((C, H, kw), dtype=np.float64)
+    a = np.empty((C, kw, H), dtype=np.float64)
     for j, (cls, skipped) in enumerate(offsets):
         row = per_class[cls]
         for w in skipped:
             row = row - np.bitwise_count(src[:, :, :, w]).sum(axis=0, dtype=np.int64)
-        a[:, :, j] = row
-    return _offset_totals(a, rsel, rpad, cpad, Ho, Wo, B * pad_ones)
+        a[:, j] = row
+    return _offset_totals(a, *_row_terms(plan, H, W, Ho, Wo), B * pad_ones)
 
 
 def ones_per_column(src: np.ndarray, plan: ConvPlan, table: np.ndarray | None) -> np.ndarray:
@@ -376,10 +396,7 @@ def ones_per_column(src: np.ndarray, plan: ConvPlan, table: np.ndarray | None) -
         if res is not None:
             return res
     ones = np.bitwise_count(src) if table is None else np.take(table, src)
-    sel = plan.cache.get((H, W))
-    if sel is None:
-        sel = plan.cache[(H, W)] = (*_selection(W, pl, kw, dw, sw, Wo), *_selection(H, pt, kh, dh, sh, Ho))
-    csel, cpad, rsel, rpad = sel
+    csel = _selections(plan, H, W, Ho, Wo)[0]
     # [B·C·H, W] @ [W, kw]: every sum at most (max count)·W, exact in float32
     a = (ones.reshape(-1, W).astype(np.float32) @ csel).reshape(B, C, H, kw).sum(axis=0, dtype=np.float64)
-    return _offset_totals(a, rsel, rpad, cpad, Ho, Wo, B * pad_ones)
+    return _offset_totals(np.ascontiguousarray(a.transpose(0, 2, 1)), *_row_terms(plan, H, W, Ho, Wo), B * pad_ones)
