@@ -126,11 +126,8 @@ def padded_input(src: np.ndarray, plan: ConvPlan) -> np.ndarray:
     if not (pt or pl or pb or pr):
         return src
     B, C, H, W = src.shape
-    xp = np.empty((B, C, H + pt + pb, W + pl + pr), dtype=src.dtype)
-    xp[:, :, :pt] = plan.pad_value  # the border only (np.pad is slow on small arrays)
-    xp[:, :, H + pt :] = plan.pad_value
-    xp[:, :, pt : H + pt, :pl] = plan.pad_value
-    xp[:, :, pt : H + pt, W + pl :] = plan.pad_value
+    # filled whole, then the interior copied (faster than writing the four borders, or np.pad)
+    xp = np.full((B, C, H + pt + pb, W + pl + pr), plan.pad_value, dtype=src.dtype)
     xp[:, :, pt : H + pt, pl : W + pl] = src
     return xp
 
@@ -144,24 +141,30 @@ def _window(xp: np.ndarray, plan: ConvPlan, Ho: int, Wo: int) -> np.ndarray:
                                            strides=(sB, sC, sH * dh, sW * dw, sH * sh, sW * sw), writeable=False)
 
 
-def _phases(xp: np.ndarray, plan: ConvPlan, Ho: int, Wo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _phases(src: np.ndarray, plan: ConvPlan, Ho: int, Wo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The padded input split into its sh x sw stride phases (rows ≡ p mod sh, columns ≡ q mod sw),
-    each flattened with grid width Wq: [B, C, sh·sw, Hq·Wq]. Output (ho, wo) sits at grid position
-    ho·Wq + wo, and kernel tap (i, j) reads phase ((i·dh) mod sh, (j·dw) mod sw) there plus
-    ⌊i·dh/sh⌋·Wq + ⌊j·dw/sw⌋: so each tap is ONE contiguous run of a phase (grid columns past Wo
-    are computed and dropped). Returns (phases, tap phase, tap offset, Wq)."""
-    (kh, kw), (sh, sw), (dh, dw) = plan.kernel, plan.stride, plan.dilation
-    B, C, Hp, Wp = xp.shape
+    each flattened with grid width Wq: [B, C, sh·sw, Hq·Wq], built from ``src`` (unpadded: each
+    phase is filled with the pad value, then its share of ``src`` copied in). Output (ho, wo) sits
+    at grid position ho·Wq + wo, and kernel tap (i, j) reads phase ((i·dh) mod sh, (j·dw) mod sw)
+    there plus ⌊i·dh/sh⌋·Wq + ⌊j·dw/sw⌋: so each tap is ONE contiguous run of a phase (grid columns
+    past Wo are computed and dropped). Returns (phases, tap phase, tap offset, Wq)."""
+    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = plan.kernel, plan.stride, plan.pad, plan.dilation
+    B, C, H, W = src.shape
+    Hp, Wp = H + pt + pb, W + pl + pr
     if sh == sw == 1:
-        ph, Hq, Wq = np.ascontiguousarray(xp).reshape(B, C, 1, Hp * Wp), Hp, Wp
+        ph, Hq, Wq = np.ascontiguousarray(padded_input(src, plan)).reshape(B, C, 1, Hp * Wp), Hp, Wp
     else:
         Hq, Wq = -(-Hp // sh), -(-Wp // sw)
-        ph = np.zeros((B, C, sh * sw, Hq * Wq), dtype=xp.dtype)
+        ph = np.full((B, C, sh * sw, Hq * Wq), plan.pad_value, dtype=src.dtype)
         grid = ph.reshape(B, C, sh, sw, Hq, Wq)
         for p in range(sh):
+            h0 = -(-(pt - p) // sh) if pt > p else 0  # the phase's first row on a real input row
+            r0 = h0 * sh + p - pt
             for q in range(sw):
-                part = xp[:, :, p::sh, q::sw]
-                grid[:, :, p, q, : part.shape[2], : part.shape[3]] = part
+                w0 = -(-(pl - q) // sw) if pl > q else 0
+                c0 = w0 * sw + q - pl
+                part = src[:, :, r0::sh, c0::sw]
+                grid[:, :, p, q, h0 : h0 + part.shape[2], w0 : w0 + part.shape[3]] = part
     taps = plan.cache.get(("taps", Wq))
     if taps is None:
         tp = np.array([((i * dh) % sh) * sw + (j * dw) % sw for i in range(kh) for j in range(kw)], dtype=np.int64)
@@ -209,9 +212,8 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
     Ho, Wo = out_hw(plan, H, W)
     N, (kh, kw) = plan.N, plan.kernel
     out = np.empty((B, N, Ho, Wo), dtype=out_dtype)
-    xp = padded_input(src, plan)
     if plan.dw is not None:  # blocks of channels (output channel c reads input channel c)
-        ph, tp, to, Wq = _phases(xp, plan, Ho, Wo)
+        ph, tp, to, Wq = _phases(src, plan, Ho, Wo)
 
         def dw_block(item) -> None:
             b0, b1, c0, c1 = item
@@ -226,7 +228,7 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
         _map(dw_block, _blocks(B, C, C * Ho * Wo, Ho * Wo, SUM_BLOCK_ELEMS), work=B * C * Ho * Wo * kh * kw)
         return out
     # dense: blocks of output rows, X^T [K, images·rows·Wo] copied (and converted) from the view
-    win = _window(xp, plan, Ho, Wo)
+    win = _window(padded_input(src, plan), plan, Ho, Wo)
     K = C * kh * kw
     target = max(1, min(XT_BLOCK_ELEMS // max(K, 1), SUM_BLOCK_ELEMS // max(N, 1)))
     ftype = np.float32 if plan.chunks is not None else np.float64
