@@ -681,6 +681,12 @@ class Machine:
                 one = np.ones(1, dtype=np.int64)
                 _warm(("requant", st.str, dt.str), JIT.requant_nchw, np.zeros((1, 1), dtype=st), one, one, one, 0, 0, 0,
                       np.zeros((1, 1, 1), dtype=dt), 0, 0, 1)
+        for ins in self.instrs:  # adds, per operand and destination types
+            decls = [self.buffers.get(v) if isinstance(v, str) else None for v in (ins.fields.get(k) for k in ("a", "b", "dst"))]
+            if ins.opcode == "add" and None not in decls:
+                ta, tb, td = (DTYPES[d.dtype] for d in decls)
+                _warm(("add", ta.str, tb.str, td.str), JIT.add_exact, np.zeros(1, dtype=ta), np.zeros(1, dtype=tb),
+                      0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, np.zeros(1, dtype=td))
         self.prepared.add(fast_path)
 
     def _shiftadd_plan(self, name: str, colmap: np.ndarray, n_out: int, ncols: int) -> K.ShiftaddPlan:
@@ -1358,9 +1364,12 @@ class Machine:
         return [int(_need(ins, k, self.pc)) for k in names]
 
     def op_add(self, ins: Instr, fast: bool):
-        a, b = _need(ins, "a", self.pc), _need(ins, "b", self.pc)
-        res = D.add(self.read(a), self.read(b), *self._ints(ins, "ma", "mb", "shift", "za", "zb", "zp", "lo", "hi"))
-        return self._digital(ins, _need(ins, "dst", self.pc), res, [a, b])
+        a, b, dst = _need(ins, "a", self.pc), _need(ins, "b", self.pc), _need(ins, "dst", self.pc)
+        consts = self._ints(ins, "ma", "mb", "shift", "za", "zb", "zp", "lo", "hi")
+        dt = DTYPES[self.decl(dst).dtype]
+        tlo, thi = D.type_range(dt)  # the result straight in the buffer's type where the clamp fits it
+        res = D.add(self.read(a), self.read(b), *consts, out_dtype=dt if tlo <= consts[6] <= consts[7] <= thi else None)
+        return self._digital(ins, dst, res, [a, b])
 
     def op_mul(self, ins: Instr, fast: bool):
         a, b = _need(ins, "a", self.pc), _need(ins, "b", self.pc)

@@ -109,6 +109,17 @@ def depthwise(ph, tp, to, coef, bias, mult, shift, zp, lo, hi, Wq, b0, b1, c0, c
 
 
 @njit(**_JIT)
+def add_exact(a, b, za, zb, ma, mb, scale, zp, lo, hi, out):
+    """out = clamp(rint((ma·(a − za) + mb·(b − zb))·scale) + zp, lo, hi) on flat arrays, in
+    binary64 (``kernels_digital.add``: its caller has proved every term an integer below 2^53 and
+    ``scale`` a power of two, so each step is exact and rint is rne), written in out's type."""
+    for i in range(out.size):
+        y = ((a[i] - za) * ma + (b[i] - zb) * mb) * scale
+        y = np.rint(y) + zp
+        out[i] = min(max(y, lo), hi)
+
+
+@njit(**_JIT)
 def bit_planes(x, T, v, planes):
     """planes[t, i, r] = the DAC digit (x[i, r] >> (T − 1 − t)·v) & (2^v − 1), most significant
     step first, as float32 for the crossbar product; returns how many digits are non-zero."""

@@ -11,6 +11,7 @@ import functools
 
 import numpy as np
 
+from runtime import jit as JIT
 from runtime.errors import ProgramError
 from runtime.intmath import clamp, div_rne, mul_rne_shift, rne_float
 
@@ -42,8 +43,9 @@ def lut(src: np.ndarray, table: np.ndarray, axis: int, qmin: int) -> np.ndarray:
     return tab[np.broadcast_to(chan, src.shape), idx]
 
 
-def add(a, b, ma, mb, shift, za, zb, zp, lo, hi) -> np.ndarray:
-    """clamp(rne((ma·(a−za) + mb·(b−zb)) / 2^shift) + zp, lo, hi), broadcasting."""
+def add(a, b, ma, mb, shift, za, zb, zp, lo, hi, out_dtype=None) -> np.ndarray:
+    """clamp(rne((ma·(a−za) + mb·(b−zb)) / 2^shift) + zp, lo, hi), broadcasting; int64, or
+    ``out_dtype`` (whose range must hold [lo, hi]) where the result is computed in one pass."""
     a, b = np.asarray(a), np.asarray(b)
     if 0 <= shift <= 62 and a.dtype.kind in "iu" and b.dtype.kind in "iu" and a.dtype.itemsize <= 4 and b.dtype.itemsize <= 4:
         # float64, exactly: every operand and product, and ma·(a−za) + mb·(b−zb), are integers
@@ -52,6 +54,11 @@ def add(a, b, ma, mb, shift, za, zb, zp, lo, hi) -> np.ndarray:
         (alo, ahi), (blo, bhi) = type_range(a.dtype), type_range(b.dtype)
         bound = abs(int(ma)) * max(abs(alo - za), abs(ahi - za)) + abs(int(mb)) * max(abs(blo - zb), abs(bhi - zb))
         if bound < (1 << 53) and abs(int(zp)) < (1 << 52) and abs(int(lo)) < (1 << 53) and abs(int(hi)) < (1 << 53):
+            if out_dtype is not None and a.shape == b.shape and a.flags.c_contiguous and b.flags.c_contiguous:
+                out = np.empty(a.shape, dtype=out_dtype)  # (one compiled pass: a residual add)
+                JIT.add_exact(a.reshape(-1), b.reshape(-1), float(za), float(zb), float(ma), float(mb),
+                              float(np.ldexp(1.0, -int(shift))), float(zp), float(lo), float(hi), out.reshape(-1))
+                return out
             y = a.astype(np.float64)
             y -= za
             y *= float(ma)

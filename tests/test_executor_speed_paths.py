@@ -338,3 +338,23 @@ def test_map_shares_items_between_threads_in_order_and_raises_a_failure(monkeypa
     t.start()
     t.join(timeout=60)
     assert done == [[i * sum(range(40)) for i in range(30)]], "nested parallel calls did not finish"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([np.uint8, np.int8, np.int16, np.int32]), st.sampled_from([np.uint8, np.int8, np.int32]),
+    st.sampled_from([np.uint8, np.int8, np.int16]), st.integers(-(1 << 15), 1 << 15), st.integers(-(1 << 15), 1 << 15),
+    st.integers(0, 40), st.integers(-300, 300), st.integers(-300, 300), st.integers(-200, 200), st.integers(0, 2**31 - 1),
+)
+def test_add_in_one_pass_equals_the_int64_add(ta, tb, td, ma, mb, shift, za, zb, zp, seed):
+    """The residual add written straight in its buffer's type (one compiled pass) against the
+    whole-array int64 add, ties included (small shifts of sums that are multiples of half)."""
+    from runtime import kernels_digital as D  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    a = rng.integers(*D.type_range(np.dtype(ta)), (3, 5, 7), endpoint=True).astype(ta)
+    b = rng.integers(*D.type_range(np.dtype(tb)), (3, 5, 7), endpoint=True).astype(tb)
+    lo, hi = D.type_range(np.dtype(td))
+    want = D.add(a, b, ma, mb, shift, za, zb, zp, lo, hi)
+    got = D.add(a, b, ma, mb, shift, za, zb, zp, lo, hi, out_dtype=td)
+    assert got.dtype == td and np.array_equal(got.astype(np.int64), want)
