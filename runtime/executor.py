@@ -174,6 +174,7 @@ class Machine:
             if name not in keep:
                 self.free_after.setdefault(i, []).append(name)
         self.peak_bytes = 0
+        self.track_peak = False  # peak_bytes is measured on the chunk that sizes the others only
         # what all buffers of one image take together: a bound on an image's live memory
         self.bytes_per_image = sum(int(np.prod(b.shape[1:])) * DTYPES[b.dtype].itemsize for b in self.buffers.values() if b.shape[0] == -1)
         self.groups = self._fusable_groups(last)
@@ -459,10 +460,10 @@ class Machine:
             i += 1
 
     def _after(self, i: int, last: int | None = None) -> None:
-        """Track peak memory and free the buffers whose last use was instruction i (or any of
-        i..last, for instructions that ran together)."""
-        live = sum(a.nbytes for a in self.env.values())
-        self.peak_bytes = max(self.peak_bytes, live)
+        """Track peak memory (on the chunk that measures it) and free the buffers whose last use
+        was instruction i (or any of i..last, for instructions that ran together)."""
+        if self.track_peak:
+            self.peak_bytes = max(self.peak_bytes, sum(a.nbytes for a in self.env.values()))
         for k in range(i, (i if last is None else last) + 1):
             for name in self.free_after.get(k, ()):
                 self.env.pop(name, None)
@@ -1599,6 +1600,7 @@ def run_program(
                 dt = DTYPES[m.buffers[p.buf].dtype]
                 feeds[p.buf] = quantize_input(inputs[p.name][s : s + n], p.scale, p.zp, dt, act_bits)
             m.peak_bytes = 0
+            m.track_peak = batch_size is None and s == 0 and chunk < B
             try:
                 m.run_chunk(feeds, stats, fast_path)
             except BaseException:

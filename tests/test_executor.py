@@ -180,6 +180,35 @@ def test_batch_chunks_do_not_change_results_or_counters():
     assert ra["batch"] == rb["batch"] == 13
 
 
+def test_memory_budget_sizes_the_chunks_from_the_first_images_peak(monkeypatch):
+    """Without a batch size, a batch larger than the budget runs one image first, measuring the
+    live buffers' peak; the next chunks are budget / (3 x peak) images each."""
+    import runtime.executor as E  # noqa: PLC0415
+
+    rng = np.random.default_rng(4)
+    W = rng.integers(-127, 128, size=(200, 7))
+    x = rng.integers(0, 256, size=(13, 200)).astype(np.float32)
+    prog = dense_program(W, rows=64, cols=32, shift=np.full(7, 8))
+    want, rw = run_program(prog, {"x": x}, batch_size=13)
+    m = E.machine_for(prog)
+    budget = m.bytes_per_image * 3 * 4  # below the whole batch's: one image first
+    monkeypatch.setattr(E, "MEMORY_BUDGET", budget)
+    sizes, peaks = [], []
+    run_chunk = E.Machine.run_chunk
+
+    def spy(self, feeds, stats, fast_path):
+        run_chunk(self, feeds, stats, fast_path)
+        sizes.append(len(next(iter(feeds.values()))))
+        peaks.append(self.peak_bytes)
+
+    monkeypatch.setattr(E.Machine, "run_chunk", spy)
+    got, rg = run_program(prog, {"x": x})
+    np.testing.assert_array_equal(got["y"], want["y"])
+    assert rg["run"]["counters"] == rw["run"]["counters"]
+    assert sizes[0] == 1 and peaks[0] > 0 and sum(sizes) == 13
+    assert sizes[1] == min(12, budget // (peaks[0] * 3)) and sizes[1] > 1
+
+
 # --------------------------------------------------------------------------- narrow ADC
 
 
