@@ -832,7 +832,7 @@ class Machine:
             return False
         if has_im2col and [int(v) for v in rq.fields["out_hw"]] != [Ho, Wo]:
             return False
-        if not has_im2col and int(np.prod(odecl.shape[1:])) != plan.N:
+        if not has_im2col and math.prod(odecl.shape[1:]) != plan.N:
             return False
         # every code the crossbars see (the source's and the pad value) must be a valid input of
         # the columns' type and width; requant's clamp must fit its destination
