@@ -65,15 +65,20 @@ def rne_div(a, d) -> np.ndarray:
     return q + up.astype(np.int64)
 
 
-def _rne_div_exact(a, d) -> np.ndarray:
-    """Exact rne division with Python integers (object arrays); for operands beyond int64."""
+def _rne_div_object(a, d) -> np.ndarray:
+    """Exact rne division with Python integers (object arrays in and out); for operands beyond int64."""
     a_o = np.asarray(a).astype(object)
     d_o = np.asarray(d).astype(object)
     q = a_o // d_o
     r = a_o - q * d_o
     twice = 2 * r
     up = (twice > d_o) | ((twice == d_o) & ((q % 2) == 1))
-    return (q + up.astype(object)).astype(np.int64)
+    return q + up.astype(object)
+
+
+def _rne_div_exact(a, d) -> np.ndarray:
+    """``_rne_div_object`` as int64 (an OverflowError where a quotient does not fit)."""
+    return _rne_div_object(a, d).astype(np.int64)
 
 
 def _max_abs(a: np.ndarray) -> int:
@@ -94,6 +99,22 @@ def mul_rne_shift(a, m, shift) -> np.ndarray:
     pos = np.maximum(shift, 0).astype(object)
     prod = prod * (np.ones_like(neg, dtype=object) << neg)
     return _rne_div_exact(prod, np.ones_like(pos, dtype=object) << pos)
+
+
+def mul_rne_shift_clamp(a, m, shift, zp: int, lo: int, hi: int) -> np.ndarray:
+    """``clamp(rne(a · m / 2^shift) + zp, lo, hi)`` exactly, as int64: where ``a · m`` passes
+    int64 the quotient, which may pass it too (a small shift), is clamped as a Python integer."""
+    a = _as_i64(a)
+    m = _as_i64(m)
+    shift = _as_i64(shift)
+    if _max_abs(a) * _max_abs(m) < _I64_SAFE:
+        return clamp(rne_shift(a * m, shift) + zp, lo, hi)
+    prod = a.astype(object) * m.astype(object)
+    neg = np.maximum(-shift, 0).astype(object)
+    pos = np.maximum(shift, 0).astype(object)
+    prod = prod * (np.ones_like(neg, dtype=object) << neg)
+    q = _rne_div_object(prod, np.ones_like(pos, dtype=object) << pos) + int(zp)
+    return np.minimum(np.maximum(q, int(lo)), int(hi)).astype(np.int64)
 
 
 def div_rne(a, m, d) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from runtime import kernels_sparse as KS
 from runtime.errors import ProgramError
-from runtime.intmath import clamp, mul_rne_shift, rne_shift_inplace
+from runtime.intmath import mul_rne_shift_clamp, rne_shift_inplace
 
 #: largest bit-plane matrix (bytes) materialized at once by the bit-level mvm
 PLANE_BLOCK_BYTES = 48 << 20
@@ -1120,7 +1120,7 @@ def _requant_block(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int
         rne_shift_inplace(acc, shift)
         acc += zp
         return np.clip(acc, lo, hi, out=acc)
-    return clamp(mul_rne_shift(acc, mult, shift) + zp, lo, hi)
+    return mul_rne_shift_clamp(acc, mult, shift, zp, lo, hi)
 
 
 def requant(src: np.ndarray, bias, mult, shift, zp: int, lo: int, hi: int, channel_major: bool = False,

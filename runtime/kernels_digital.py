@@ -13,7 +13,7 @@ import numpy as np
 
 from runtime import jit as JIT
 from runtime.errors import ProgramError
-from runtime.intmath import clamp, div_rne, mul_rne_shift, rne_float
+from runtime.intmath import clamp, div_rne, mul_rne_shift, mul_rne_shift_clamp, rne_float
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,18 +74,18 @@ def add(a, b, ma, mb, shift, za, zb, zp, lo, hi, out_dtype=None) -> np.ndarray:
     ta = np.asarray(a, dtype=np.int64) - za
     tb = np.asarray(b, dtype=np.int64) - zb
     num = mul_rne_shift(ta, ma, 0) + mul_rne_shift(tb, mb, 0)
-    return clamp(mul_rne_shift(num, 1, shift) + zp, lo, hi)
+    return mul_rne_shift_clamp(num, 1, shift, zp, lo, hi)
 
 
 def mul(a, b, m, shift, za, zb, zp, lo, hi) -> np.ndarray:
     """clamp(rne(m·(a−za)·(b−zb) / 2^shift) + zp, lo, hi), broadcasting."""
     prod = (np.asarray(a, dtype=np.int64) - za) * (np.asarray(b, dtype=np.int64) - zb)
-    return clamp(mul_rne_shift(prod, m, shift) + zp, lo, hi)
+    return mul_rne_shift_clamp(prod, m, shift, zp, lo, hi)
 
 
 def rescale(src, m, shift, zin, zp, lo, hi) -> np.ndarray:
     """clamp(rne(m·(src−zin) / 2^shift) + zp, lo, hi)."""
-    return clamp(mul_rne_shift(np.asarray(src, dtype=np.int64) - zin, m, shift) + zp, lo, hi)
+    return mul_rne_shift_clamp(np.asarray(src, dtype=np.int64) - zin, m, shift, zp, lo, hi)
 
 
 def _windows(x: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:

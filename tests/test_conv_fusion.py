@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from isa_refs import ref_im2col
 
@@ -82,6 +82,8 @@ def _case(case):
 
 
 @SETTINGS
+@example(case=(1, 4, 4, 1, 3, (3, 3), (1, 1), (2, 2, 0, 0), (1, 1), 8, 2**22, True, False, 0),
+         out_type=(np.uint8, 0, 255), no_shift=True, tiny_blocks=False)  # quotients past int64, clamped
 @given(layers(), st.sampled_from([(np.uint8, 0, 255), (np.int8, -128, 127), (np.int32, -(2**31), 2**31 - 1)]),
        st.booleans(), st.booleans())
 def test_run_conv_equals_im2col_product_and_requant(case, out_type, no_shift, tiny_blocks):

@@ -137,3 +137,17 @@ def test_elementwise_params():
     assert 2**30 <= m < 2**31 and abs(m / 2**shift - 0.4) < 1e-8
     m, shift = intmath.avgpool_params(0.1, 0.1, 50176, 16)
     assert m * 50176 * 2**16 < 2**62 and 50176 * 2**shift < 2**62
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(-(2**62), 2**62), min_size=1, max_size=12), st.integers(-(2**31), 2**31), st.integers(0, 62),
+       st.integers(-300, 300), st.sampled_from([(0, 255), (-128, 127), (-(2**63), 2**63 - 1), (-(2**31), 2**31 - 1)]))
+def test_runtime_mul_rne_shift_clamp_is_exact_beyond_int64(values, m, shift, zp, bounds):
+    """The simulator's clamp(rne(a·m / 2^shift) + zp, lo, hi) for products and quotients past
+    int64 (a small shift of a large product): clamped exactly, never an overflow."""
+    from runtime.intmath import mul_rne_shift_clamp  # noqa: PLC0415
+
+    lo, hi = bounds
+    got = mul_rne_shift_clamp(np.array(values, dtype=np.int64), m, shift, zp, lo, hi)
+    want = [min(max(_round_half_even(Fraction(v * m, 2**shift)) + zp, lo), hi) for v in values]
+    assert got.dtype == np.int64 and got.tolist() == want
