@@ -117,14 +117,16 @@ def mul_rne_shift_clamp(a, m, shift, zp: int, lo: int, hi: int) -> np.ndarray:
     return np.minimum(np.maximum(q, int(lo)), int(hi)).astype(np.int64)
 
 
-def div_rne(a, m, d) -> np.ndarray:
-    """``rne_div(a · m, d)`` exactly (d > 0)."""
+def div_rne_clamp(a, m, count, shift: int, zp: int, lo: int, hi: int) -> np.ndarray:
+    """``clamp(rne_div(a · m, count · 2^shift) + zp, lo, hi)`` exactly, as int64 (count >= 1):
+    in Python integers where the product or the divisor passes int64 (a large shift)."""
     a = _as_i64(a)
     m = _as_i64(m)
-    d = _as_i64(d)
-    if _max_abs(a) * _max_abs(m) < _I64_SAFE:
-        return rne_div(a * m, d)
-    return _rne_div_exact(a.astype(object) * m.astype(object), d.astype(object))
+    count = _as_i64(count)
+    if _max_abs(a) * _max_abs(m) < _I64_SAFE and _max_abs(count) << int(shift) < _I64_SAFE:
+        return clamp(rne_div(a * m, count << np.int64(shift)) + zp, lo, hi)
+    q = _rne_div_object(a.astype(object) * m.astype(object), count.astype(object) * (1 << int(shift))) + int(zp)
+    return np.minimum(np.maximum(q, int(lo)), int(hi)).astype(np.int64)
 
 
 def rne_float(x) -> np.ndarray:

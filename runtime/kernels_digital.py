@@ -13,7 +13,7 @@ import numpy as np
 
 from runtime import jit as JIT
 from runtime.errors import ProgramError
-from runtime.intmath import clamp, div_rne, mul_rne_shift, mul_rne_shift_clamp, rne_float
+from runtime.intmath import clamp, div_rne_clamp, mul_rne_shift, mul_rne_shift_clamp, rne_float
 
 
 @functools.lru_cache(maxsize=None)
@@ -158,7 +158,7 @@ def avgpool(src, kernel, stride, pad, count_include_pad, zin, m, shift, zp, lo, 
         count = np.maximum(_windows(inside, k, s, d, ohw).sum(axis=(4, 5)), 1)
     if shift < 0 or shift > 62:
         raise ProgramError("avgpool: shift must lie in [0, 62]")
-    return clamp(div_rne(total, m, count * (np.int64(1) << np.int64(shift))) + zp, lo, hi)
+    return div_rne_clamp(total, m, count, shift, zp, lo, hi)
 
 
 def pad(src: np.ndarray, pads, value: int) -> np.ndarray:

@@ -151,3 +151,17 @@ def test_runtime_mul_rne_shift_clamp_is_exact_beyond_int64(values, m, shift, zp,
     got = mul_rne_shift_clamp(np.array(values, dtype=np.int64), m, shift, zp, lo, hi)
     want = [min(max(_round_half_even(Fraction(v * m, 2**shift)) + zp, lo), hi) for v in values]
     assert got.dtype == np.int64 and got.tolist() == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(-(2**62), 2**62), min_size=1, max_size=12), st.integers(-(2**31), 2**31), st.integers(1, 100),
+       st.integers(0, 62), st.integers(-300, 300), st.sampled_from([(0, 255), (-128, 127), (-(2**63), 2**63 - 1)]))
+def test_runtime_div_rne_clamp_is_exact_for_any_shift(values, m, count, shift, zp, bounds):
+    """The simulator's avgpool division clamp(rne_div(a·m, count·2^shift) + zp, lo, hi), for
+    products past int64 and divisors past it (count·2^62): exact, never wrapped."""
+    from runtime.intmath import div_rne_clamp  # noqa: PLC0415
+
+    lo, hi = bounds
+    got = div_rne_clamp(np.array(values, dtype=np.int64), m, count, shift, zp, lo, hi)
+    want = [min(max(_round_half_even(Fraction(v * m, count * 2**shift)) + zp, lo), hi) for v in values]
+    assert got.dtype == np.int64 and got.tolist() == want
