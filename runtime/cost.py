@@ -93,17 +93,26 @@ def static_power(cfg: dict, xbars) -> dict[str, float]:
     return parts
 
 
+def copy_shares(iters: int, batch: int, replication: int) -> list[int]:
+    """Of ``iters`` iterations over a run of ``batch`` inferences, how many each of a crossbar's
+    ``replication`` copies serves: each inference's iters / batch in contiguous shares of the
+    ceiling, in order (isa.md §1); iterations not a multiple of the batch (never for compiled
+    programs) are shared as one run."""
+    if replication == 1:
+        return [iters]
+    per, rest = divmod(iters, batch)
+    if rest:
+        per, batch = iters, 1
+    c = -(-per // replication)
+    return [batch * max(0, min((k + 1) * c, per) - k * c) for k in range(replication)]
+
+
 def copy_steps(reads: int, steps_per_iter: int, batch: int, replication: int) -> int:
     """Read steps of the busiest copy of a crossbar whose ``mvm``s made ``reads`` crossbar reads
-    (P iterations x T steps over a run of ``batch`` inferences): each inference's P / batch
-    iterations are shared by the ``replication`` copies, the busiest serving the ceiling."""
+    (P iterations x T steps over a run of ``batch`` inferences; ``copy_shares``)."""
     if replication == 1 or reads == 0:
         return reads
-    iters = -(-reads // steps_per_iter)
-    per_inf, rest = divmod(iters, batch)
-    if rest:  # iterations not a multiple of the batch (never for compiled programs): share the run's
-        return -(-iters // replication) * steps_per_iter
-    return batch * -(-per_inf // replication) * steps_per_iter
+    return max(copy_shares(-(-reads // steps_per_iter), batch, replication)) * steps_per_iter
 
 
 def layer_costs(program, stats, machine, batch: int = 1) -> list[dict]:

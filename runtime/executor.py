@@ -22,6 +22,7 @@ from runtime import kernels_conv as KC
 from runtime import kernels_digital as D
 from runtime import hwconfig
 from runtime import jit as JIT
+from runtime.cost import copy_shares
 from runtime.errors import ConfigError, ProgramError, RunInputError
 from runtime.model import DTYPES, FORMAT_VERSION, Buffer, Instr, Program
 from runtime.opcodes import OPCODES, canonical_fields, validate_program
@@ -361,18 +362,6 @@ class Machine:
 
     # ------------------------------------------------------------------------------ routing
 
-    def copy_iters(self, P: int, n: int, batch: int | None = None) -> list[int]:
-        """Of an instruction's P iterations over ``batch`` images (default: the chunk's), how many
-        each of a crossbar's n copies serves: each image's iterations in contiguous shares of
-        ⌈P_image / n⌉ (isa.md §1)."""
-        if n == 1:
-            return [P]
-        B = self.batch if batch is None else batch
-        B = B if P % B == 0 else 1
-        per = P // B
-        c = _ceil_div(per, n)
-        return [B * max(0, min((k + 1) * c, per) - k * c) for k in range(n)]
-
     def _copy_flits(self, xid: int, P: int, bytes_per_iter: int, home: tuple[int, int]) -> dict[str, int]:
         """Router traffic between place ``home`` and the copies of crossbar ``xid`` on other tiles
         (``bytes_per_iter`` for each iteration such a copy serves): its inputs there, or its column
@@ -381,7 +370,7 @@ class Machine:
         if len(places) == 1 and places[0] == home:
             return {}
         away = chip = 0
-        for place, iters in zip(places, self.copy_iters(P, len(places))):
+        for place, iters in zip(places, copy_shares(P, self.batch, len(places))):
             if place != home:
                 away += iters
                 chip += iters if place[0] != home[0] else 0
@@ -768,7 +757,7 @@ class Machine:
         # inputs to the copies on other tiles than the source's (one copy unless replicated)
         away, chip = np.zeros(len(plan.ks), dtype=np.int64), np.zeros(len(plan.ks), dtype=np.int64)
         for n, sel, chips, tiles in plan.copy_sets:
-            iters = np.array(self.copy_iters(P, n, batch), dtype=np.int64)
+            iters = np.array(copy_shares(P, batch, n), dtype=np.int64)
             away[sel] = (((chips != home[0]) | (tiles != home[1])).astype(np.int64) @ iters)
             chip[sel] = (chips != home[0]).astype(np.int64) @ iters
         per_iter = itemsize * plan.rows_used * 8

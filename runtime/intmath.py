@@ -87,6 +87,20 @@ def _max_abs(a: np.ndarray) -> int:
     return max(abs(int(a.max())), abs(int(a.min())))
 
 
+def _mul_rne_shift_object(a: np.ndarray, m: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``rne(a · m / 2^shift)`` in Python integers (an object array), for products past int64."""
+    prod = a.astype(object) * m.astype(object)
+    neg = np.maximum(-shift, 0).astype(object)
+    pos = np.maximum(shift, 0).astype(object)
+    prod = prod * (np.ones_like(neg, dtype=object) << neg)
+    return _rne_div_object(prod, np.ones_like(pos, dtype=object) << pos)
+
+
+def _clamp_object(q: np.ndarray, zp: int, lo: int, hi: int) -> np.ndarray:
+    """clamp(q + zp, lo, hi) of Python integers (which may pass int64), as int64."""
+    return np.minimum(np.maximum(q + int(zp), int(lo)), int(hi)).astype(np.int64)
+
+
 def mul_rne_shift(a, m, shift) -> np.ndarray:
     """``rne(a · m / 2^shift)`` exactly, even when ``a · m`` does not fit in int64."""
     a = _as_i64(a)
@@ -94,11 +108,7 @@ def mul_rne_shift(a, m, shift) -> np.ndarray:
     shift = _as_i64(shift)
     if _max_abs(a) * _max_abs(m) < _I64_SAFE:
         return rne_shift(a * m, shift)
-    prod = a.astype(object) * m.astype(object)
-    neg = np.maximum(-shift, 0).astype(object)
-    pos = np.maximum(shift, 0).astype(object)
-    prod = prod * (np.ones_like(neg, dtype=object) << neg)
-    return _rne_div_exact(prod, np.ones_like(pos, dtype=object) << pos)
+    return _mul_rne_shift_object(a, m, shift).astype(np.int64)
 
 
 def mul_rne_shift_clamp(a, m, shift, zp: int, lo: int, hi: int) -> np.ndarray:
@@ -109,12 +119,7 @@ def mul_rne_shift_clamp(a, m, shift, zp: int, lo: int, hi: int) -> np.ndarray:
     shift = _as_i64(shift)
     if _max_abs(a) * _max_abs(m) < _I64_SAFE:
         return clamp(rne_shift(a * m, shift) + zp, lo, hi)
-    prod = a.astype(object) * m.astype(object)
-    neg = np.maximum(-shift, 0).astype(object)
-    pos = np.maximum(shift, 0).astype(object)
-    prod = prod * (np.ones_like(neg, dtype=object) << neg)
-    q = _rne_div_object(prod, np.ones_like(pos, dtype=object) << pos) + int(zp)
-    return np.minimum(np.maximum(q, int(lo)), int(hi)).astype(np.int64)
+    return _clamp_object(_mul_rne_shift_object(a, m, shift), zp, lo, hi)
 
 
 def div_rne_clamp(a, m, count, shift: int, zp: int, lo: int, hi: int) -> np.ndarray:
@@ -125,8 +130,8 @@ def div_rne_clamp(a, m, count, shift: int, zp: int, lo: int, hi: int) -> np.ndar
     count = _as_i64(count)
     if _max_abs(a) * _max_abs(m) < _I64_SAFE and _max_abs(count) << int(shift) < _I64_SAFE:
         return clamp(rne_div(a * m, count << np.int64(shift)) + zp, lo, hi)
-    q = _rne_div_object(a.astype(object) * m.astype(object), count.astype(object) * (1 << int(shift))) + int(zp)
-    return np.minimum(np.maximum(q, int(lo)), int(hi)).astype(np.int64)
+    q = _rne_div_object(a.astype(object) * m.astype(object), count.astype(object) * (1 << int(shift)))
+    return _clamp_object(q, zp, lo, hi)
 
 
 def rne_float(x) -> np.ndarray:
