@@ -4,10 +4,11 @@
     python benchmarks/bench.py --models example --batch 64 --json out.json
 
 For every model and machine it compiles once, then times onnxruntime (float32, the original ONNX
-model) and the simulator on the *same* input batch, alternately, and reports the median of
-``--repeat`` runs as a ratio (simulator seconds / onnxruntime seconds) and as images per second,
-and the best ratio: the fastest run of each side (the cost of a run that no other work on a
-shared machine slowed; medians of one process vary by up to ~50 % there, the fastest runs by a few %).
+model, default session options: a thread per core) and the simulator on the *same* input batch,
+in turns of ``BLOCK`` warm runs each, and reports the median of ``--repeat`` runs as a ratio
+(simulator seconds / onnxruntime seconds) and as images per second, and the best ratio: the fastest
+run of each side (the cost of a run that no other work on a shared machine slowed; medians of one
+process vary by up to ~50 % there, the fastest runs by a few %).
 The simulator's time is its own ``simulation_wall_s`` (execution only, program loading excluded).
 
 Machines: ``isaac8`` (lossless 8-bit ADC, so every crossbar takes the simulator's fast path) and
@@ -40,6 +41,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MACHINES = {"isaac8": {}, "isaac8-adc6": {"adc": {"bits": 6}}}
+#: timed runs of one side in a row. The sides take turns by blocks, each opened by an untimed run,
+#: not run by run: after a run onnxruntime's pool threads spin-wait (on a 2-core machine they took
+#: the simulator's core, and slowed the example's runs from ~0.5 to ~0.9 ms), and each side's
+#: run found the caches the other had filled (onnxruntime's example run: 0.05 ms warm, 0.13 ms so)
+BLOCK = 3
 
 
 def _config(machine: str) -> dict:
@@ -112,16 +118,20 @@ def bench_one(name: str, machine: str, batch: int, repeat: int, workdir: Path) -
     x = make_input(batch).astype(np.float32)
     sess = _ort_session(model_path)
     feed = {sess.get_inputs()[0].name: x}
-    sess.run(None, feed)  # warm-up
-    run_program(program, {program.inputs[0].name: x})  # warm-up (BLAS threads, caches)
+    feed_sim = {program.inputs[0].name: x}
     ort_t, sim_t, paths = [], [], set()
-    for _ in range(repeat):
-        t = time.perf_counter()
-        sess.run(None, feed)
-        ort_t.append(time.perf_counter() - t)
-        _, report = run_program(program, {program.inputs[0].name: x})
-        sim_t.append(report["simulation_wall_s"])
-        paths |= {layer.get("path") for layer in report["layers"] if layer.get("crossbars")}
+    while len(sim_t) < repeat:  # blocks of runs, the two sides in turn
+        k = min(BLOCK, repeat - len(sim_t))
+        sess.run(None, feed)  # untimed: the block starts warm (caches, onnxruntime's threads awake)
+        for _ in range(k):
+            t = time.perf_counter()
+            sess.run(None, feed)
+            ort_t.append(time.perf_counter() - t)
+        run_program(program, feed_sim)  # untimed: onnxruntime's threads spin for a while after its runs
+        for _ in range(k):
+            _, report = run_program(program, feed_sim)
+            sim_t.append(report["simulation_wall_s"])
+            paths |= {layer.get("path") for layer in report["layers"] if layer.get("crossbars")}
     ort_s, sim_s = statistics.median(ort_t), statistics.median(sim_t)
 
     prog_path, in_path = workdir / f"{name}.{machine}.pimx", workdir / f"{name}.{batch}.npy"

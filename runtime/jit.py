@@ -18,9 +18,52 @@ a computed offset: only then can LLVM prove the index in range and vectorize the
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """The set bits of a uint64: LLVM's ctpop (one popcnt, or vpopcntq in a vectorized loop; a
+    bit-parallel sum where the processor has neither). NumPy's bitwise_count takes ~4x longer."""
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return types.uint64(types.uint64), codegen
+
+
+@njit(**_JIT)
+def word_row_popcounts(words, mask, out):
+    """out[r] = the set bits of row r of ``words`` [R, n] uint64, each word ANDed with ``mask``."""
+    n = words.shape[1]
+    for r in range(out.size):
+        row = words[r]
+        s = np.uint64(0)
+        for i in range(n):
+            s += _popcount(row[i] & mask)
+        out[r] = s
+
+
+@njit(**_JIT)
+def byte_row_popcounts(words, row_bytes, out):
+    """out[r] = the set bits of bytes r·row_bytes .. (r + 1)·row_bytes − 1 of a byte stream read
+    as little-endian uint64 ``words`` (zero past its end): rows that are not whole words."""
+    for r in range(out.size):
+        b0 = r * row_bytes
+        b1 = b0 + row_bytes
+        w0, w1 = b0 >> 3, (b1 + 7) >> 3
+        row = words[w0:w1]
+        s = np.uint64(0)
+        for i in range(row.size):
+            s += _popcount(row[i])
+        lead, tail = b0 & 7, b1 & 7  # bytes of the first and last words outside the row
+        if lead:
+            s -= _popcount(row[0] & ((np.uint64(1) << np.uint64(8 * lead)) - np.uint64(1)))
+        if tail:
+            s -= _popcount(row[row.size - 1] & ~((np.uint64(1) << np.uint64(8 * tail)) - np.uint64(1)))
+        out[r] = s
 
 
 @njit(**_JIT)

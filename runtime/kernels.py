@@ -8,6 +8,7 @@ iterations (to bound the size of the bit-plane matrix).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -269,8 +270,23 @@ _POOL: ThreadPoolExecutor | None = None
 _IN_MAP = threading.local()  # set while a thread runs _map's items
 
 
+_SERIAL = threading.local()  # set while the thread runs ``serial()``
+
+
 def _workers() -> int:
-    return max(1, int(WORKERS))
+    return 1 if getattr(_SERIAL, "on", False) else max(1, int(WORKERS))
+
+
+@contextlib.contextmanager
+def serial():
+    """Kernels called from this thread meanwhile run in sequence, on it alone (the caller leaves
+    the other cores to BLAS's own threads)."""
+    old = getattr(_SERIAL, "on", False)
+    _SERIAL.on = True
+    try:
+        yield
+    finally:
+        _SERIAL.on = old
 
 
 #: least multiply-adds of a kernel call worth splitting over the worker threads (callers that

@@ -330,6 +330,26 @@ def _selections(plan: ConvPlan, H: int, W: int, Ho: int, Wo: int) -> tuple[np.nd
     return sel
 
 
+ALL_BYTES = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def row_popcounts(a: np.ndarray, row_bytes: int, mask: np.uint64 = ALL_BYTES) -> np.ndarray:
+    """The set bits of each run of ``row_bytes`` bytes of ``a`` (one-byte elements, in C order),
+    of the bytes ``mask`` keeps in every 8-byte word (rows of whole words only): int64
+    [a.size // row_bytes] (``jit.word_row_popcounts``, ``jit.byte_row_popcounts``)."""
+    flat = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    out = np.empty(flat.size // row_bytes, dtype=np.int64)
+    if row_bytes % 8 == 0:
+        JIT.word_row_popcounts(flat.view(np.uint64).reshape(out.size, row_bytes // 8), mask, out)
+        return out
+    if mask != ALL_BYTES:
+        raise ValueError("a byte mask needs rows of whole words")
+    if flat.size % 8:  # (zero bytes to whole words)
+        flat = np.concatenate([flat, np.zeros(8 - flat.size % 8, dtype=np.uint8)])
+    JIT.byte_row_popcounts(flat.view(np.uint64), row_bytes, out)
+    return out
+
+
 #: most columns of a stride class that a kernel column offset may skip for ``_ones_by_word_popcounts``
 WORD_POPCOUNT_MAX_SKIPPED = 4
 
@@ -364,17 +384,14 @@ def _ones_by_word_popcounts(src: np.ndarray, plan: ConvPlan, Ho: int, Wo: int, p
     if cached is False:
         return None
     offsets, masks = cached
-    words = src.view(np.uint64).reshape(B * C * H, W // 8)
-    ones8 = np.ones(W // 8, dtype=np.float32)
 
-    def row_ones(w: np.ndarray) -> np.ndarray:
-        """[C, H] popcounts of rows of words, summed over the images (a product with ones: NumPy's
-        integer sums over short rows are ~5x slower; every sum is exact, at most 8·W·B)."""
-        return (np.bitwise_count(w).astype(np.float32) @ ones8).reshape(B, C, H).sum(axis=0, dtype=np.float64).astype(np.int64)
+    def row_ones(mask: np.uint64) -> np.ndarray:
+        """[C, H] popcounts of the rows' bytes that ``mask`` keeps, summed over the images."""
+        return row_popcounts(src, W, mask).reshape(B, C, H).sum(axis=0)
 
-    per_class = [row_ones(words)] if sw == 1 else [row_ones(words & m) for m in masks[:-1]]
+    per_class = [row_ones(ALL_BYTES)] if sw == 1 else [row_ones(m) for m in masks[:-1]]
     if sw > 1:  # the last class: what the others leave of the whole rows
-        per_class.append(row_ones(words) - sum(per_class))  # [C, H] each
+        per_class.append(row_ones(ALL_BYTES) - sum(per_class))  # [C, H] each
     a = np.empty((C, kw, H), dtype=np.float64)
     for j, (cls, skipped) in enumerate(offsets):
         row = per_class[cls]
@@ -398,11 +415,10 @@ def ones_per_column(src: np.ndarray, plan: ConvPlan, table: np.ndarray | None) -
     pv = plan.pad_value
     pad_ones = int(pv).bit_count() if table is None else int(table[pv])
     if (kh, kw) == (1, 1) and (sh, sw) == (1, 1) and (Ho, Wo) == (H, W) and (pt, pl) == (0, 0):
+        if table is None and src.dtype.itemsize == 1:
+            return row_popcounts(src, H * W).reshape(B, C).sum(axis=0)
         flat = src.reshape(B, C, H * W)
-        if table is None and (H * W) % 8 == 0 and flat.flags.c_contiguous:
-            ones = np.bitwise_count(flat.view(np.uint64))  # per 8 codes at once: their popcounts summed
-        else:
-            ones = np.bitwise_count(flat) if table is None else np.take(table, flat)
+        ones = np.bitwise_count(flat) if table is None else np.take(table, flat)
         return ones.sum(axis=(0, 2), dtype=np.int64)
     if table is None:
         res = _ones_by_word_popcounts(src, plan, Ho, Wo, pad_ones)

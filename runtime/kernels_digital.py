@@ -103,7 +103,7 @@ def _windows(x: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
     )
 
 
-def _pool_geometry(src, kernel, stride, pad, dilation, out_shape):
+def pool_geometry(src, kernel, stride, pad, dilation, out_shape):
     """Checks the pooling fields; returns the padding that also covers a ceil-mode last window."""
     if src.ndim != 4:
         raise ProgramError(f"pooling: source must be [B, C, H, W], got shape {list(src.shape)}")
@@ -132,7 +132,7 @@ def _taps(x: np.ndarray, kernel, stride, dilation, out_hw):
 
 def maxpool(src: np.ndarray, kernel, stride, pad, dilation, out_shape) -> np.ndarray:
     """Max over each window; padding never wins (it is the type's minimum)."""
-    k, s, d, (pt, pl, pb, pr), ohw = _pool_geometry(src, kernel, stride, pad, dilation, out_shape)
+    k, s, d, (pt, pl, pb, pr), ohw = pool_geometry(src, kernel, stride, pad, dilation, out_shape)
     lo, _ = type_range(src.dtype)
     x = np.pad(src, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=lo) if pt or pl or pb or pr else src
     taps = _taps(x, k, s, d, ohw)
@@ -144,7 +144,7 @@ def maxpool(src: np.ndarray, kernel, stride, pad, dilation, out_shape) -> np.nda
 
 def avgpool(src, kernel, stride, pad, count_include_pad, zin, m, shift, zp, lo, hi, out_shape) -> np.ndarray:
     """clamp(rne_div(m·Σ(x−zin), count·2^shift) + zp, lo, hi); padding adds x − zin = 0."""
-    k, s, d, (pt, pl, pb, pr), ohw = _pool_geometry(src, kernel, stride, pad, [1, 1], out_shape)
+    k, s, d, (pt, pl, pb, pr), ohw = pool_geometry(src, kernel, stride, pad, [1, 1], out_shape)
     x = np.pad(src.astype(np.int64) - zin, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=0)
     total = np.zeros((x.shape[0], x.shape[1], *ohw), dtype=np.int64)
     for t in _taps(x, k, s, d, ohw):

@@ -151,13 +151,13 @@ def test_ones_per_column_equals_im2col_popcount(case, dac):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(1, 2), st.integers(1, 4), st.sampled_from([8, 16, 24, 14]), st.integers(1, 12), st.integers(1, 3), st.integers(1, 3),
+@given(st.integers(1, 2), st.integers(1, 4), st.sampled_from([8, 16, 24, 14, 7, 1]), st.integers(1, 12), st.integers(1, 3), st.integers(1, 3),
        st.sampled_from([1, 2, 3, 4]), st.integers(1, 2), st.integers(1, 2), st.tuples(*[st.integers(0, 3)] * 4),
        st.integers(0, 255), st.integers(0, 2**31 - 1))
 def test_ones_by_word_popcounts_equals_im2col_popcount(B, C, W, H, kh, kw, sw, sh, dil, pad, pv, seed):
     """1-bit digits on rows of whole 8-byte words: the masked word popcounts (a stride class of
     columns at once, less the few it skips) against the im2col matrix's popcounts, for every
-    column stride and padding (a stride of 3, or rows of 14: the selection products)."""
+    column stride and padding (a stride of 3, or rows of 14, 7 or 1 bytes: the selection products)."""
     if H + pad[0] + pad[2] < dil * (kh - 1) + 1 or W + pad[1] + pad[3] < dil * (kw - 1) + 1:
         return
     rng = np.random.default_rng(seed)
@@ -168,7 +168,7 @@ def test_ones_by_word_popcounts_equals_im2col_popcount(B, C, W, H, kh, kw, sw, s
     want = np.bitwise_count(cols.astype(np.uint8)).sum(axis=0)
     np.testing.assert_array_equal(KC.ones_per_column(src, plan, None), want)
     words = KC._ones_by_word_popcounts(src, plan, *KC.out_hw(plan, H, W), int(np.bitwise_count(np.uint8(pv))))
-    assert (words is None) == (sw == 3 or W == 14 or plan.cache[("words", H, W)] is False)
+    assert (words is None) == (sw == 3 or W % 8 != 0 or plan.cache[("words", H, W)] is False)
 
 
 def _example_program():
@@ -260,3 +260,19 @@ def test_checked_requantization_of_a_large_block_on_two_threads(monkeypatch):
     assert beyond
     cols, _ = _im2col(src.astype(np.int64), kernel, stride, pad, dil, pv)
     np.testing.assert_array_equal(got[0].transpose(0, 2, 3, 1).reshape(-1, Wm.shape[1]), _requant_ref(cols @ Wm, bias, mult, shift, zp, 0, 255))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 70), st.sampled_from([0, 0xFF, 0x00FF00FF00FF00FF, 0xFFFFFFFFFFFFFFFF]),
+       st.integers(0, 2**31 - 1))
+def test_row_popcounts_equal_numpy_bitwise_count(R, L, mask, seed):
+    """Rows of any byte length (starting anywhere in a word, ending anywhere in the last), and
+    rows of whole words with a byte mask, against NumPy's per-byte popcounts."""
+    src = np.random.default_rng(seed).integers(0, 256, R * L).astype(np.uint8)
+    rows = src.reshape(R, L)
+    if L % 8 == 0:
+        kept = rows & np.uint8(0)
+        for b in range(8):  # byte b of every word is kept where mask's byte b is set
+            kept[:, b::8] = rows[:, b::8] & np.uint8((mask >> (8 * b)) & 0xFF)
+        np.testing.assert_array_equal(KC.row_popcounts(src, L, np.uint64(mask)), np.bitwise_count(kept).sum(axis=1))
+    np.testing.assert_array_equal(KC.row_popcounts(src, L), np.bitwise_count(rows).sum(axis=1))

@@ -196,8 +196,8 @@ def test_memory_budget_sizes_the_chunks_from_the_first_images_peak(monkeypatch):
     sizes, peaks = [], []
     run_chunk = E.Machine.run_chunk
 
-    def spy(self, feeds, stats, fast_path):
-        run_chunk(self, feeds, stats, fast_path)
+    def spy(self, feeds, stats, fast_path, *rest):
+        run_chunk(self, feeds, stats, fast_path, *rest)
         sizes.append(len(next(iter(feeds.values()))))
         peaks.append(self.peak_bytes)
 

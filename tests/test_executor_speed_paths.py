@@ -340,6 +340,26 @@ def test_map_shares_items_between_threads_in_order_and_raises_a_failure(monkeypa
     assert done == [[i * sum(range(40)) for i in range(30)]], "nested parallel calls did not finish"
 
 
+def test_serial_mode_runs_every_item_on_the_calling_thread_and_ends_with_its_block(monkeypatch):
+    """``kernels.serial()`` (a one-image run through fused layers): parallel calls take no helper
+    meanwhile, on the thread that entered it only, and the runtime's worker count is back after."""
+    import threading  # noqa: PLC0415
+
+    monkeypatch.setattr(K, "WORKERS", 2)
+    me = threading.get_ident()
+    slow = lambda i: (threading.Event().wait(0.002), threading.get_ident())[1]  # noqa: E731 - long enough for a helper to take items
+    with K.serial():
+        assert K._workers() == 1
+        assert set(K._map(slow, list(range(40)), work=1 << 40)) == {me}
+        other: list = []
+        t = threading.Thread(target=lambda: other.append(K._workers()))
+        t.start()
+        t.join()
+        assert other == [2]
+    assert K._workers() == 2
+    assert len(set(K._map(slow, list(range(40)), work=1 << 40))) == 2
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.sampled_from([np.uint8, np.int8, np.int16, np.int32]), st.sampled_from([np.uint8, np.int8, np.int32]),
