@@ -5,10 +5,10 @@
 
 For every model and machine it compiles once, then times onnxruntime (float32, the original ONNX
 model, default session options: a thread per core) and the simulator on the *same* input batch,
-in turns of ``BLOCK`` warm runs each, and reports the median of ``--repeat`` runs as a ratio
-(simulator seconds / onnxruntime seconds) and as images per second, and the best ratio: the fastest
-run of each side (the cost of a run that no other work on a shared machine slowed; medians of one
-process vary by up to ~50 % there, the fastest runs by a few %).
+in turns of a few warm runs each (``BLOCK``), and reports the median of ``--repeat`` runs as a
+ratio (simulator seconds / onnxruntime seconds) and as images per second, and the best ratio: the
+fastest run of each side (the cost of a run that no other work on a shared machine slowed;
+medians of one process vary by up to ~50 % there, the fastest runs by a few %).
 The simulator's time is its own ``simulation_wall_s`` (execution only, program loading excluded).
 
 Machines: ``isaac8`` (lossless 8-bit ADC, so every crossbar takes the simulator's fast path) and
@@ -41,11 +41,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MACHINES = {"isaac8": {}, "isaac8-adc6": {"adc": {"bits": 6}}}
-#: timed runs of one side in a row. The sides take turns by blocks, each opened by an untimed run,
-#: not run by run: after a run onnxruntime's pool threads spin-wait (on a 2-core machine they took
-#: the simulator's core, and slowed the example's runs from ~0.5 to ~0.9 ms), and each side's
-#: run found the caches the other had filled (onnxruntime's example run: 0.05 ms warm, 0.13 ms so)
+#: How the two sides are timed, so that neither slows the other (measured on a 2-vCPU machine):
+#: in turns of BLOCK timed runs, each block after a pause of PAUSE_S and WARM_S of untimed runs.
+#: Run by run, each side found the caches the other had filled (onnxruntime's example run took
+#: 0.13 instead of 0.04 ms) and the other's idle threads spinning beside it: onnxruntime's pool
+#: spins ~0.05 s of CPU after a run, the BLAS threads of a one-image simulation ~0.1 s (the
+#: simulator's example runs took 0.9 instead of 0.5 ms, onnxruntime's MobileNetV2 runs 15 instead
+#: of 4 ms). A core left idle comes back slow (the example's first run after a 0.2 s pause: 1.0 ms):
+#: hence the warm runs.
 BLOCK = 3
+PAUSE_S = 0.3
+WARM_S = 0.2
 
 
 def _config(machine: str) -> dict:
@@ -104,6 +110,17 @@ def _peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def _block(run, k: int) -> list[float]:
+    """k timed runs of one side, after a pause (the other side's idle threads stop spinning) and
+    WARM_S of untimed runs (at least one: caches, this side's threads and the core awake)."""
+    time.sleep(PAUSE_S)
+    t0 = time.perf_counter()
+    run()
+    while time.perf_counter() - t0 < WARM_S:
+        run()
+    return [run() for _ in range(k)]
+
+
 def bench_one(name: str, machine: str, batch: int, repeat: int, workdir: Path) -> dict:
     from pimc.driver import QuantOptions, compile_model
     from runtime.container import save_program
@@ -119,19 +136,24 @@ def bench_one(name: str, machine: str, batch: int, repeat: int, workdir: Path) -
     sess = _ort_session(model_path)
     feed = {sess.get_inputs()[0].name: x}
     feed_sim = {program.inputs[0].name: x}
-    ort_t, sim_t, paths = [], [], set()
-    while len(sim_t) < repeat:  # blocks of runs, the two sides in turn
+
+    def ort_run() -> float:
+        t = time.perf_counter()
+        sess.run(None, feed)
+        return time.perf_counter() - t
+
+    paths: set = set()
+
+    def sim_run() -> float:
+        _, report = run_program(program, feed_sim)
+        paths.update(layer.get("path") for layer in report["layers"] if layer.get("crossbars"))
+        return report["simulation_wall_s"]
+
+    ort_t, sim_t = [], []
+    while len(sim_t) < repeat:  # blocks of warm runs, the two sides in turn
         k = min(BLOCK, repeat - len(sim_t))
-        sess.run(None, feed)  # untimed: the block starts warm (caches, onnxruntime's threads awake)
-        for _ in range(k):
-            t = time.perf_counter()
-            sess.run(None, feed)
-            ort_t.append(time.perf_counter() - t)
-        run_program(program, feed_sim)  # untimed: onnxruntime's threads spin for a while after its runs
-        for _ in range(k):
-            _, report = run_program(program, feed_sim)
-            sim_t.append(report["simulation_wall_s"])
-            paths |= {layer.get("path") for layer in report["layers"] if layer.get("crossbars")}
+        ort_t += _block(ort_run, k)
+        sim_t += _block(sim_run, k)
     ort_s, sim_s = statistics.median(ort_t), statistics.median(sim_t)
 
     prog_path, in_path = workdir / f"{name}.{machine}.pimx", workdir / f"{name}.{batch}.npy"
