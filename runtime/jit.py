@@ -83,17 +83,41 @@ def _requant_line(acc, bias, mult, shift, zp, lo, hi, dst):
 
 
 @njit(**_JIT)
-def requant_block(acc, bias, mult, shift, zp, lo, hi, out, b0, n0, h0):
+def _requant_line_f64(acc, bias, scale, zp, lo, hi, dst):
+    """``_requant_line``'s result in binary64, dst[w] = clamp(rint((acc[w] + bias)·scale) + zp, lo,
+    hi), where the caller proved it the same (``kernels_conv.plan_conv``): every acc + bias an
+    integer below 2^53, scale = mult·2^−shift exactly, and 2^(53 − shift) ≥ max(|hi − zp|, |zp − lo|)
+    + 2. Then the exact quotient, wherever it is not clamped, has at most 53 significant bits: the
+    product is exact and rint rounds it half to even; where the product rounds, both land past
+    the clamp on the same side. (No 64-bit integer product: ~3x faster.)"""
+    for w in range(dst.size):
+        y = np.rint((np.float64(acc[w]) + bias) * scale) + zp
+        dst[w] = min(max(y, lo), hi)
+
+
+@njit(**_JIT)
+def _requant_channel_line(acc, bias, mult, shift, fscale, c, zp, lo, hi, dst):
+    """Channel c's line: in binary64 where ``fscale`` (mult·2^−shift per channel) is given, else
+    in integers."""
+    if fscale.size:
+        _requant_line_f64(acc, np.float64(bias[c]), fscale[c], np.float64(zp), np.float64(lo), np.float64(hi), dst)
+    else:
+        _requant_line(acc, bias[c], mult[c], shift[c], zp, lo, hi, dst)
+
+
+@njit(**_JIT)
+def requant_block(acc, bias, mult, shift, fscale, zp, lo, hi, out, b0, n0, h0):
     """The requantization of a fused layer's block: ``acc`` [n, nb, nh, Wo] exact integer sums
     (any numeric type) into out[b0 + b, n0 + n, h0 : h0 + nh] of the layer's output [B, N, Ho, Wo],
-    channel n with bias[n], mult[n], shift[n]. Each (image, channel) is one line of nh·Wo: both
-    arrays are whole C-ordered arrays, so the loop is contiguous and vectorizes."""
+    channel n with bias[n], mult[n], shift[n] (and fscale[n], when the binary64 form is proven).
+    Each (image, channel) is one line of nh·Wo: both arrays are whole C-ordered arrays, so the
+    loop is contiguous and vectorizes."""
     n, nb, nh, Wo = acc.shape
     L = nh * Wo
     for c in range(n):
         for b in range(nb):
             dst = out[b0 + b, n0 + c, h0 : h0 + nh].reshape(L)
-            _requant_line(acc[c, b].reshape(L), bias[c], mult[c], shift[c], zp, lo, hi, dst)
+            _requant_channel_line(acc[c, b].reshape(L), bias, mult, shift, fscale, c, zp, lo, hi, dst)
 
 
 @njit(**_JIT)
@@ -130,10 +154,11 @@ def _dw_sums(ph, tp, to, coef, b, c, acc):
 
 
 @njit(**_JIT)
-def depthwise(ph, tp, to, coef, bias, mult, shift, zp, lo, hi, Wq, b0, b1, c0, c1, out, ob, oc):
+def depthwise(ph, tp, to, coef, bias, mult, shift, fscale, zp, lo, hi, Wq, b0, b1, c0, c1, out, ob, oc):
     """Images b0..b1 and channels c0..c1 of a depthwise layer, requantized: out[b − ob, c − oc, ho, wo]
     from channel c's phases ``ph`` [B, C, S, Lq], kernel tap t reading phase tp[t] at flat offset
-    to[t] + ho·Wq + wo (kernels_conv.run_conv); channel c has coef[c], bias[c], mult[c], shift[c].
+    to[t] + ho·Wq + wo (kernels_conv.run_conv); channel c has coef[c], bias[c], mult[c], shift[c]
+    (and fscale[c], when the binary64 requantization is proven).
     Whole C-ordered arrays and offsets, not views, so every loop is contiguous. The accumulator
     has coef's type. (bias 0, mult 1, shift 0, zp 0 and int64's range give the sums.)"""
     Ho, Wo = out.shape[2], out.shape[3]
@@ -143,7 +168,7 @@ def depthwise(ph, tp, to, coef, bias, mult, shift, zp, lo, hi, Wq, b0, b1, c0, c
     for b in range(b0, b1):
         for c in range(c0, c1):
             _dw_sums(ph, tp, to, coef, b, c, acc)
-            _requant_line(acc, bias[c], mult[c], shift[c], zp, lo, hi, line)
+            _requant_channel_line(acc, bias, mult, shift, fscale, c, zp, lo, hi, line)
             dst = out[b - ob, c - oc]
             for ho in range(Ho):
                 src, row = line[ho * Wq : ho * Wq + Wo], dst[ho]

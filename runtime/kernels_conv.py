@@ -15,9 +15,10 @@ the padded input's stride phases (``jit.depthwise``) instead of a block-diagonal
 Exactness is proved once, at preparation (``plan_conv``): dense products run in float32 on chunks
 of the K axis whose worst-case partial sums stay below 2^24 (as ``kernels.LayerMatrix``), else in
 float64 below 2^53 (no plan beyond); depthwise sums in int32 or int64 by the same worst case. The
-requantization is integer arithmetic (``jit.requant_block``), exact where ``|sum + bias|·mult <
-2^63`` holds for every possible input; where that is not proved, each block checks its actual
-sums, and a block beyond it takes the arbitrary-precision path (``kernels.requant``).
+requantization is binary64 arithmetic where that is proved exact (``binary64_scales``), else
+integer arithmetic (``jit.requant_block``), exact where ``|sum + bias|·mult < 2^63`` holds for every
+possible input; where that is not proved, each block checks its actual sums, and a block beyond it
+takes the arbitrary-precision path (``kernels.requant``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class ConvPlan:
     hi: int
     #: the worst case |sum + bias|·mult reaches 2^63: each block checks its actual sums (max |bias|, max |mult|)
     check: tuple[int, int] | None
+    #: mult·2^−shift per channel (float64), where the requantization is proven exact in binary64
+    #: (``jit._requant_line_f64``; then ``check`` is moot); else empty
+    fscale: np.ndarray = field(default_factory=lambda: np.empty(0))
     cache: dict = field(default_factory=dict)  # per input shape: the stride-phase taps, ones_per_column's selections
 
 
@@ -114,7 +118,19 @@ def plan_conv(lm: LayerMatrix, bits: int, kernel, stride, pad, dilation, pad_val
         dilation=tuple(int(d) for d in dilation), pad_value=int(pad_value), C=C, N=N,
         chunks=chunks, wt64=wt64, dw=dw, biased=biased, ints=(bias, mult, shift), zp=int(zp), lo=int(lo), hi=int(hi),
         check=None if bmax * mmax < (1 << 63) else (bmax - vmax, mmax),
+        fscale=binary64_scales(bmax, mult, shift, int(zp), int(lo), int(hi)),
     )
+
+
+def binary64_scales(bmax: int, mult: np.ndarray, shift: np.ndarray, zp: int, lo: int, hi: int) -> np.ndarray:
+    """mult·2^−shift per channel (float64) where binary64 requantizes exactly (``jit._requant_line_f64``):
+    every |sum + bias| <= bmax below 2^53, every |mult| below 2^53 (so the scales are exact),
+    the clamp's bounds below 2^53, and 2^(53 − shift) ≥ max(|hi − zp|, |zp − lo|) + 2; else empty."""
+    far = max(abs(hi - zp), abs(zp - lo)) + 2
+    if (not mult.size or bmax >= (1 << 53) or int(np.abs(mult).max()) >= (1 << 53)
+            or max(abs(lo), abs(hi), abs(zp)) >= (1 << 53) or int(shift.max()) > 53 - (far - 1).bit_length()):
+        return np.empty(0)
+    return np.ldexp(mult.astype(np.float64), -shift.astype(np.int32))
 
 
 def out_hw(plan: ConvPlan, H: int, W: int) -> tuple[int, int]:
@@ -188,7 +204,7 @@ def _requant(acc: np.ndarray, plan: ConvPlan, n0: int, out: np.ndarray, b0: int,
     bias, mult, shift = (v[n0 : n0 + n] for v in plan.ints)
     if biased:
         bias = _zeros(n)
-    if plan.check is not None:
+    if plan.check is not None and not plan.fscale.size:
         bias_max, mmax = plan.check
         amax = max(float(acc.max()), -float(acc.min())) if acc.size else 0.0
         if (int(amax) + bias_max) * mmax >= (1 << 63):
@@ -197,7 +213,11 @@ def _requant(acc: np.ndarray, plan: ConvPlan, n0: int, out: np.ndarray, b0: int,
             y = requant(flat.T, bias, mult, shift, plan.zp, plan.lo, plan.hi, channel_major=True, out_dtype=dst.dtype)
             dst[...] = y.reshape(dst.shape)
             return
-    JIT.requant_block(acc, bias, mult, shift, plan.zp, plan.lo, plan.hi, out, b0, n0, h0)
+    fscale = plan.fscale[n0 : n0 + n] if plan.fscale.size else plan.fscale
+    JIT.requant_block(acc, bias, mult, shift, fscale, plan.zp, plan.lo, plan.hi, out, b0, n0, h0)
+
+
+_NO_SCALES = np.empty(0)  # the integer requantization (jit.requant_block, jit.depthwise)
 
 
 @functools.lru_cache(maxsize=64)
@@ -228,12 +248,13 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
 
         def dw_block(item) -> None:
             b0, b1, c0, c1 = item
-            if plan.check is None:
-                JIT.depthwise(ph, tp, to, plan.dw, *plan.ints, plan.zp, plan.lo, plan.hi, Wq, b0, b1, c0, c1, out, 0, 0)
+            if plan.check is None or plan.fscale.size:
+                JIT.depthwise(ph, tp, to, plan.dw, *plan.ints, plan.fscale, plan.zp, plan.lo, plan.hi, Wq, b0, b1, c0, c1, out, 0, 0)
             else:  # the int64 sums (an identity requantization), then requantized beyond int64 where needed
                 sums = np.empty((b1 - b0, c1 - c0, Ho, Wo), dtype=np.int64)
                 zero, one = np.zeros(C, dtype=np.int64), np.ones(C, dtype=np.int64)
-                JIT.depthwise(ph, tp, to, plan.dw, zero, one, zero, 0, -(1 << 63), (1 << 63) - 1, Wq, b0, b1, c0, c1, sums, b0, c0)
+                JIT.depthwise(ph, tp, to, plan.dw, zero, one, zero, _NO_SCALES, 0, -(1 << 63), (1 << 63) - 1, Wq, b0, b1, c0, c1,
+                              sums, b0, c0)
                 _requant(np.ascontiguousarray(sums.transpose(1, 0, 2, 3)), plan, c0, out, b0, 0)
 
         _map(dw_block, _blocks(B, C, C * Ho * Wo, Ho * Wo, SUM_BLOCK_ELEMS), work=B * C * Ho * Wo * kh * kw)

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from isa_refs import ref_im2col
 
+from runtime import jit as JIT
 from runtime import kernels as K
 from runtime import kernels_conv as KC
 
@@ -117,20 +118,23 @@ def test_run_conv_covers_each_product_and_requantization_form(monkeypatch):
     beyond = []
     monkeypatch.setattr(KC, "requant", lambda *a, **k: beyond.append(1) or K.requant(*a, **k))
     rng = np.random.default_rng(7)
-    for wmax, big_mult, dw in [(3, False, False), (127, True, False), (2**15, False, False), (2**22, False, False),
-                               (2**22, True, False), (127, False, True), (2**22, False, True), (2**22, True, True)]:
+    u8, i32 = (np.uint8, 0, 255), (np.int32, -(2**31), 2**31 - 1)  # (int32's clamp: beyond the binary64 proof)
+    for wmax, big_mult, dw, (dtype, lo, hi) in [
+            (3, False, False, u8), (127, True, False, u8), (2**15, False, False, u8), (2**22, False, False, u8),
+            (2**22, True, False, u8), (2**22, True, False, i32), (127, False, True, u8), (127, False, True, i32),
+            (2**22, False, True, u8), (2**22, True, True, i32)]:
         case = (2, 4, 4, 7, 6, (3, 3), (1, 2), (1, 0, 1, 2), (1, 1), 8, wmax, big_mult, dw, int(rng.integers(1 << 30)))
         src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
         lm = K.LayerMatrix(Wm, bits)
-        plan = KC.plan_conv(lm, bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, 0, 255)
+        plan = KC.plan_conv(lm, bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, lo, hi)
         forms.add(f"depthwise-{plan.dw.dtype}" if plan.dw is not None else "biased" if plan.biased is not None
                   else "float64" if plan.wt64 is not None else f"{len(plan.chunks)}-chunk")
-        forms.add("checked" if plan.check is not None else "proved")
+        forms.add("binary64" if plan.fscale.size else "checked" if plan.check is not None else "proved")
         cols, _ = _im2col(src.astype(np.int64), kernel, stride, pad, dil, pv)
-        ref = _requant_ref(cols @ Wm, bias, mult, shift, zp, 0, 255)
-        got = KC.run_conv(src, plan, np.uint8)
+        ref = _requant_ref(cols @ Wm, bias, mult, shift, zp, lo, hi)
+        got = KC.run_conv(src, plan, dtype)
         np.testing.assert_array_equal(got.transpose(0, 2, 3, 1).reshape(-1, Wm.shape[1]), ref)
-    assert {"depthwise-int32", "depthwise-int64", "biased", "float64", "checked", "proved"} <= forms
+    assert {"depthwise-int32", "depthwise-int64", "biased", "float64", "checked", "proved", "binary64"} <= forms
     assert any(f.endswith("-chunk") and f != "1-chunk" for f in forms)
     assert beyond  # some block's sums times mult passed 2^63
 
@@ -276,3 +280,47 @@ def test_row_popcounts_equal_numpy_bitwise_count(R, L, mask, seed):
             kept[:, b::8] = rows[:, b::8] & np.uint8((mask >> (8 * b)) & 0xFF)
         np.testing.assert_array_equal(KC.row_popcounts(src, L, np.uint64(mask)), np.bitwise_count(kept).sum(axis=1))
     np.testing.assert_array_equal(KC.row_popcounts(src, L), np.bitwise_count(rows).sum(axis=1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 62), st.one_of(st.integers(-300, 300), st.integers(-(1 << 52), 1 << 52)), st.integers(-(1 << 40), 1 << 40),
+       st.integers(1, 53),
+       st.sampled_from([(0, 0, 255), (128, 0, 255), (0, -128, 127), (-5, -128, 127), (0, -32768, 32767), (7, 3, 9)]),
+       st.integers(0, 2**31 - 1))
+@example(shift=1, mult=1, bias=0, bits=20, clamp=(0, 0, 255), seed=0)  # every odd sum a tie at half
+@example(shift=44, mult=(1 << 44) + 1, bias=0, bits=52, clamp=(128, 0, 255), seed=1)  # the largest shift proved for u8
+@example(shift=46, mult=9, bias=0, bits=52, clamp=(0, 0, 255), seed=2)  # past the proof: products that round onto a tie
+def test_binary64_requantization_equals_the_integer_one_where_proved(shift, mult, bias, bits, clamp, seed):
+    """Where ``binary64_scales`` proves it, the binary64 line (rint of the product) gives the exact
+    result (Python integers; and the integer line's, where its product fits): ties at half,
+    products past 2^53 (and past 2^63), and clamping."""
+    zp, lo, hi = clamp
+    bmax = 1 << bits  # |sum + bias| <= bmax
+    lim = bmax - abs(bias)
+    m, s = np.array([mult], dtype=np.int64), np.array([shift], dtype=np.int64)
+    fscale = KC.binary64_scales(bmax, m, s, zp, lo, hi)
+    if lim < 0 or not fscale.size:
+        return
+    rng = np.random.default_rng(seed)
+    acc = rng.integers(-lim, lim + 1, 4000)
+    if mult % 2 and shift:  # sums whose product is a tie or next to one: (acc + bias)·mult ≡ 2^(shift − 1) + d mod 2^shift
+        inv = pow(mult, -1, 1 << shift)
+        near = [((((1 << (shift - 1)) + d) * inv) % (1 << shift)) - bias + (j << shift) for d in (0, 1, -1, 2, -2)
+                for j in range(-300, 300)]
+        acc[: len(near)] = np.clip(near, -lim, lim)
+    b = np.array([bias], dtype=np.int64)
+
+    def exact(v: int) -> int:  # rne((v + bias)·mult / 2^shift) + zp, clamped, in Python integers
+        t = (v + bias) * mult
+        q, r = t >> shift, t & ((1 << shift) - 1)
+        if shift and (r > 1 << (shift - 1) or (r == 1 << (shift - 1) and q & 1)):
+            q += 1
+        return min(max(q + zp, lo), hi)
+
+    got = np.empty(acc.size, dtype=np.int64)
+    JIT._requant_channel_line(acc, b, m, s, fscale, 0, zp, lo, hi, got)
+    np.testing.assert_array_equal(got, [exact(int(v)) for v in acc])
+    if (lim + abs(bias)) * abs(mult) < (1 << 63):  # and the integer line's, where its product fits int64
+        want = np.empty(acc.size, dtype=np.int64)
+        JIT._requant_channel_line(acc, b, m, s, np.empty(0), 0, zp, lo, hi, want)
+        np.testing.assert_array_equal(got, want)
