@@ -207,6 +207,7 @@ class Machine:
         self.conv_chains = self._conv_chains(last, keep)
         self.conv_plans: dict[tuple[int, int, int], KC.ConvPlan | None] = {}
         self.conv_steps: dict[tuple, ConvStep | None] = {}
+        self.pool_padded: dict[tuple, bool] = {}  # (maxpool, source shape) -> whether a window reaches the padding
         self.mvm_runs = self._mvm_runs()
         self.mvm_run_end = dict(self._mvm_spans(_RUN_KEYS))  # first mvm of a run -> the index after it
         self.run_shiftadds = self._run_shiftadds(last, keep)
@@ -1475,7 +1476,10 @@ class Machine:
         ev = self._digital(ins, dst, res, [s])
         # the source's bounds hold for the maxima; a window in the padding only (its type's least
         # value) is not ruled out where there is padding
-        padded = any(D.pool_geometry(src, *geometry)[3])
+        key = (n, src.shape)
+        padded = self.pool_padded.get(key)
+        if padded is None:
+            padded = self.pool_padded[key] = any(D.pool_geometry(src, *geometry)[3])
         self._keep_bounds(s, src, dst, D.type_range(src.dtype)[0] if padded else None)
         return ev
 
