@@ -42,15 +42,14 @@ sys.path.insert(0, str(ROOT))
 
 MACHINES = {"isaac8": {}, "isaac8-adc6": {"adc": {"bits": 6}}}
 #: How the two sides are timed, so that neither slows the other (measured on a 2-vCPU machine):
-#: in turns of BLOCK timed runs, each block after a pause of PAUSE_S and WARM_S of untimed runs.
-#: Run by run, each side found the caches the other had filled (onnxruntime's example run took
-#: 0.13 instead of 0.04 ms) and the other's idle threads spinning beside it: onnxruntime's pool
-#: spins ~0.05 s of CPU after a run, the BLAS threads of a one-image simulation ~0.1 s (the
-#: simulator's example runs took 0.9 instead of 0.5 ms, onnxruntime's MobileNetV2 runs 15 instead
-#: of 4 ms). A core left idle comes back slow (the example's first run after a 0.2 s pause: 1.0 ms):
-#: hence the warm runs.
+#: in turns of BLOCK timed runs, each block after WARM_S of untimed runs of its side. Run by run,
+#: each side found the caches the other had filled (onnxruntime's example run took 0.13 instead
+#: of 0.04 ms) and the other's idle threads spinning beside it: onnxruntime's pool spins ~0.05 s
+#: of CPU after a run, the BLAS threads of a one-image simulation ~0.1 s (the simulator's example
+#: runs took 0.9 instead of 0.5 ms, onnxruntime's MobileNetV2 runs 15 instead of 4 ms). The warm
+#: runs outlast that spinning; a pause instead would leave the core idle, and an idle core comes
+#: back slow (the example's first run after a 0.2 s pause took 1.0 ms, the next ones 0.6–0.7).
 BLOCK = 3
-PAUSE_S = 0.3
 WARM_S = 0.2
 
 
@@ -111,9 +110,8 @@ def _peak_rss_kib() -> int:
 
 
 def _block(run, k: int) -> list[float]:
-    """k timed runs of one side, after a pause (the other side's idle threads stop spinning) and
-    WARM_S of untimed runs (at least one: caches, this side's threads and the core awake)."""
-    time.sleep(PAUSE_S)
+    """k timed runs of one side, after WARM_S of untimed runs (at least one): the other side's
+    idle threads have stopped spinning, and this side's caches and threads are warm."""
     t0 = time.perf_counter()
     run()
     while time.perf_counter() - t0 < WARM_S:
