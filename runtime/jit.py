@@ -1,11 +1,13 @@
 """The simulator's compiled inner loops (numba), for the steps that NumPy can only do as several
 whole-array passes: on the fused fast path, a depthwise layer's multiply-adds with its
-requantization and the integer requantization of a dense layer's sums; on the bit-level path, the
+requantization, the requantization of a dense layer's sums and the popcounts of the DAC digits
+(``dac_ones``); on the bit-level path, the
 bit-planes of a crossbar group's inputs, the byte-wise ADC and shift-and-add of its packed
 product, the whole product of a group of sparse columns (``sparse_group``), and the shiftadd of
 the compiler's column runs. The dense products themselves stay BLAS.
 
-Every kernel here is exact integer arithmetic; the caller proves the bounds that make it so
+Every kernel here is exact integer arithmetic, or binary64 arithmetic proved to give the same
+result (``_requant_line_f64``); the caller proves the bounds that make it so
 (``kernels_conv.plan_conv``, ``kernels._byte_plan``, ``ShiftaddPlan.exact_for``): the
 accumulator's type holds every partial sum, and ``|sum + bias|·mult < 2^63``. Kernels release
 the GIL, so the runtime's worker threads run them side by side, and are cached on disk after
@@ -27,7 +29,7 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy")
 @intrinsic
 def _popcount(typingctx, x):
     """The set bits of a uint64: LLVM's ctpop (one popcnt, or vpopcntq in a vectorized loop; a
-    bit-parallel sum where the processor has neither). NumPy's bitwise_count takes ~4x longer."""
+    bit-parallel sum where the processor has neither). NumPy's bitwise_count took ~3x longer here."""
     def codegen(context, builder, signature, args):
         return builder.ctpop(args[0])
 
@@ -89,7 +91,7 @@ def _requant_line_f64(acc, bias, scale, zp, lo, hi, dst):
     integer below 2^53, scale = mult·2^−shift exactly, and 2^(53 − shift) ≥ max(|hi − zp|, |zp − lo|)
     + 2. Then the exact quotient, wherever it is not clamped, has at most 53 significant bits: the
     product is exact and rint rounds it half to even; where the product rounds, both land past
-    the clamp on the same side. (No 64-bit integer product: ~3x faster.)"""
+    the clamp on the same side. (No 64-bit integer product: 0.44 instead of 0.69 ns a sum here.)"""
     for w in range(dst.size):
         y = np.rint((np.float64(acc[w]) + bias) * scale) + zp
         dst[w] = min(max(y, lo), hi)
