@@ -628,9 +628,10 @@ class Machine:
             self.layer_mats[key] = lm
         return self.layer_mats[key]
 
-    def fused_layers(self) -> bool:
-        """Whether any layer runs fused on the fast path (known once prepared)."""
-        return any(p is not None for p in self.conv_plans.values()) or any(lm is not None for lm in self.layer_mats.values())
+    def all_fused(self) -> bool:
+        """Whether every crossbar layer is lossless, so runs fused on the fast path (by its
+        crossbars and widths; known once prepared)."""
+        return bool(self.groups) and all(self.fused_static.get(first) is not None for first in self.groups)
 
     def prepare(self, fast_path: bool) -> None:
         """Build, once per program, what execution multiplies by: the fast path's per-layer
@@ -1691,9 +1692,9 @@ def run_program(
     bar = _progress(B) if progress and B > 1 else None
     # one image at a time through fused layers: each layer is one block, which the worker threads
     # cannot share, so BLAS's own threads split its product instead (measured at batch 1:
-    # MobileNetV2 ~10 %, ResNet-18 ~15 % faster); larger chunks split into blocks over the worker
-    # threads, BLAS on one thread each
-    solo = fast_path and (B == 1 or (batch_size is not None and chunk == 1)) and m.fused_layers()
+    # MobileNetV2 ~10 %, ResNet-18 ~15 % faster); larger chunks, and bit-level layers (whose
+    # products split into units), share blocks over the worker threads, BLAS on one thread each
+    solo = fast_path and (B == 1 or (batch_size is not None and chunk == 1)) and m.all_fused()
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if solo:

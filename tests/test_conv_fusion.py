@@ -324,3 +324,35 @@ def test_binary64_requantization_equals_the_integer_one_where_proved(shift, mult
         want = np.empty(acc.size, dtype=np.int64)
         JIT._requant_channel_line(acc, b, m, s, np.empty(0), 0, zp, lo, hi, want)
         np.testing.assert_array_equal(got, want)
+
+
+def test_one_image_runs_leave_the_products_to_blas_only_where_every_layer_is_fused(monkeypatch):
+    """``kernels.serial`` (BLAS's threads split the products) for runs of one image at a time
+    through a program whose crossbar layers are all fused; not for larger chunks, nor where some
+    layer runs bit-level (its products split into units over the worker threads)."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from pimc.driver import QuantOptions, compile_model  # noqa: PLC0415
+    from pimc.hw import load_config  # noqa: PLC0415
+    from runtime.executor import run_program  # noqa: PLC0415
+
+    entered: list = []
+    real = K.serial
+    monkeypatch.setattr(K, "serial", lambda: entered.append(1) or real())
+    program, x = _example_program()
+    feed = {k: v[:2] for k, v in x.items()}
+    out2, rep2 = run_program(program, feed)
+    assert entered == []
+    out1, rep1 = run_program(program, feed, batch_size=1)
+    assert entered == [1]
+    for k in out2:
+        np.testing.assert_array_equal(out1[k], out2[k])
+    assert rep1["counters"] == rep2["counters"]
+    run_program(program, {k: v[:1] for k, v in x.items()})
+    assert entered == [1, 1]
+    cfg = load_config("isaac8")
+    cfg["adc"] = {**cfg["adc"], "bits": 6}
+    ex = Path(__file__).resolve().parent.parent / "examples" / "mnist_cnn"
+    p6 = compile_model(ex / "model.onnx", cfg, QuantOptions(calibration=str(ex / "calib.npy"))).program
+    run_program(p6, {p6.inputs[0].name: next(iter(x.values()))[:1]})
+    assert entered == [1, 1]
