@@ -289,7 +289,7 @@ def test_row_popcounts_equal_numpy_bitwise_count(R, L, mask, seed):
        st.integers(0, 2**31 - 1))
 @example(shift=1, mult=1, bias=0, bits=20, clamp=(0, 0, 255), seed=0)  # every odd sum a tie at half
 @example(shift=44, mult=(1 << 44) + 1, bias=0, bits=52, clamp=(128, 0, 255), seed=1)  # the largest shift proved for u8
-@example(shift=46, mult=9, bias=0, bits=52, clamp=(0, 0, 255), seed=2)  # past the proof: products that round onto a tie
+@example(shift=46, mult=9, bias=0, bits=52, clamp=(0, 0, 255), seed=2)  # refused: a laxer proof would round products onto ties
 def test_binary64_requantization_equals_the_integer_one_where_proved(shift, mult, bias, bits, clamp, seed):
     """Where ``binary64_scales`` proves it, the binary64 line (rint of the product) gives the exact
     result (Python integers; and the integer line's, where its product fits): ties at half,
