@@ -263,6 +263,21 @@ def test_mnist_replicated_program_runs_faster_with_the_same_outputs_and_events(m
     assert bit["run"]["counters"] == rrep["run"]["counters"]
 
 
+def test_mnist_replicated_program_counts_the_same_traffic_when_its_fused_layers_repeat(mnist):
+    """Chunks of one image: the fused layers' later runs reuse what their first run checked and
+    counted (``ConvStep``: events, and the buffer homes that decide the router traffic), and count
+    as the bit-level path does in the same chunks."""
+    rp = mnist["rep"][0]
+    program = read_program(rp.read_bytes(), str(rp))
+    feed = {program.inputs[0].name: np.load(EXAMPLE / "samples.npy")[:3]}
+    out_f, fast = run_program(program, feed, batch_size=1)
+    out_b, bit = run_program(program, feed, batch_size=1, fast_path=False)
+    assert np.array_equal(out_f[program.outputs[0].name], out_b[program.outputs[0].name])
+    assert fast["run"]["counters"]["router_flits"] > 0
+    assert fast["run"]["counters"] == bit["run"]["counters"]
+    assert [L["counters"] for L in fast["layers"]] == [L["counters"] for L in bit["layers"]]
+
+
 def test_mnist_replicated_program_round_trips_exactly(mnist):
     rp = mnist["rep"][0]
     data = rp.read_bytes()
