@@ -869,14 +869,14 @@ class Machine:
         def count() -> dict[int, np.ndarray]:
             return {dac: KC.ones_per_column(src4, plan, tab) for dac, tab in tables.items()}
 
-        # large sources are counted on the counting thread; small ones inline, as handing them over
-        # costs more (the threads would take turns holding the interpreter lock)
         first, sa, _r = self.conv_chains[i]
         replay = step.events is not None
         if replay:  # where the step's first run left its buffers (a function of the source's home, in the key)
             self.homes.update(step.homes)
         elif step.has_im2col and src_name in self.homes:
             self.homes[step.cols_name] = self.homes[src_name]
+        # large sources are counted on the counting thread; small ones inline, as handing them over
+        # costs more (the threads would take turns holding the interpreter lock)
         self._fused_mvm_events(first, step.bits, step.P, count if src4.size >= DEFER_MIN_ELEMS else count(), step.xsize,
                                step.cols_name, step.colres_name)
         if not replay:  # the step's first run: its other events, as the instructions count them
@@ -890,18 +890,18 @@ class Machine:
     def _conv_step(self, i: int, src: np.ndarray) -> ConvStep | None:
         """What conv chain ``i`` needs to run fused on sources of ``src``'s shape and type, checked:
         None when it does not apply (then the instructions run as usual and report any error)."""
-        first, sa, r = self.conv_chains[i]
-        im, sa_ins, rq = self.instrs[i], self.instrs[sa], self.instrs[r]
+        first, _sa, r = self.conv_chains[i]
+        im, rq = self.instrs[i], self.instrs[r]
         has_im2col = i != first
         src_name = im.fields["src"]
         cols_name = im.fields["dst"] if has_im2col else src_name  # what the mvms read
-        colres_name, sums_name, out_name = self.instrs[first].fields["dst"], sa_ins.fields["dst"], rq.fields["dst"]
+        colres_name, out_name = self.instrs[first].fields["dst"], rq.fields["dst"]
         if src.ndim != (4 if has_im2col else 2) or src.dtype.kind != "u":
             return None
         st = self._fused_static(first)
         if st is None:
             return None
-        bits, cdecl, sdecl = st[2], st[4], st[5]
+        bits = st[2]
         C = src.shape[1]
         plan = self._conv_plan(i, C)
         xdecl, odecl = self.buffers.get(cols_name), self.buffers.get(out_name)
@@ -1319,13 +1319,7 @@ class Machine:
         if parts:
             home = parts[min(parts)][0]
             flits = chip = 0
-            for place, ncols, pbytes, xid in parts.values():
-                if len(self.copy_places[xid]) == 1:  # (unreplicated: the common case, inline)
-                    if place != home:
-                        f = _ceil_div(P * ncols * pbytes * 8, self.flit_bits)
-                        flits += f
-                        chip += f if place[0] != home[0] else 0
-                    continue
+            for _place, ncols, pbytes, xid in parts.values():
                 ev = self._copy_flits(xid, P, ncols * pbytes, home)
                 flits += ev.get("router_flits", 0)
                 chip += ev.get("chip_flits", 0)

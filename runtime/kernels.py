@@ -267,10 +267,9 @@ GROUP_BLOCK_ELEMS = 1 << 17
 #: worker threads for independent blocks of a kernel (set to 1 for strictly sequential kernels)
 WORKERS = min(2, os.cpu_count() or 1)
 _POOL: ThreadPoolExecutor | None = None
-_IN_MAP = threading.local()  # set while a thread runs _map's items
-
-
-_SERIAL = threading.local()  # set while the thread runs ``serial()``
+#: set while a thread runs kernels in sequence: ``serial()``, or an item of a parallel ``_map``
+#: (every thread is taken: a helper waiting on its own queued task would never return)
+_SERIAL = threading.local()
 
 
 def _workers() -> int:
@@ -280,7 +279,7 @@ def _workers() -> int:
 @contextlib.contextmanager
 def serial():
     """Kernels called from this thread meanwhile run in sequence, on it alone (the caller leaves
-    the other cores to BLAS's own threads)."""
+    the other cores to BLAS's own threads; a ``_map`` item's own parallel calls)."""
     old = getattr(_SERIAL, "on", False)
     _SERIAL.on = True
     try:
@@ -311,8 +310,6 @@ def _map(fn, items: list, work: int | None = None, min_work: int | None = None) 
     global _POOL
     if len(items) <= 1 or _workers() == 1 or (work is not None and work < (PARALLEL_MIN_WORK if min_work is None else min_work)):
         return [fn(it) for it in items]
-    if getattr(_IN_MAP, "active", False):  # an item's own _map: in sequence, as every thread is taken
-        return [fn(it) for it in items]    # (a helper waiting on its own queued task would never return)
     if _POOL is None or _POOL._max_workers != _workers() - 1:
         _POOL = ThreadPoolExecutor(max_workers=_workers() - 1, thread_name_prefix="pimc-runtime")
     results: list = [None] * len(items)
@@ -320,8 +317,7 @@ def _map(fn, items: list, work: int | None = None, min_work: int | None = None) 
     failed: list[BaseException] = []
 
     def take() -> None:
-        _IN_MAP.active = True
-        try:
+        with serial():
             for i in order:
                 if i >= len(items) or failed:
                     return
@@ -330,8 +326,6 @@ def _map(fn, items: list, work: int | None = None, min_work: int | None = None) 
                 except BaseException as e:  # noqa: BLE001 - raised by the caller, after the helpers stop
                     failed.append(e)
                     return
-        finally:
-            _IN_MAP.active = False
 
     helpers = [_POOL.submit(take) for _ in range(min(_workers() - 1, len(items) - 1))]
     take()

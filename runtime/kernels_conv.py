@@ -383,7 +383,7 @@ def _ones_by_word_popcounts(src: np.ndarray, plan: ConvPlan, Ho: int, Wo: int, p
     the ends: its row sums are the class's (a word popcount with the class's bytes masked), less
     those few columns. The rows of offset i are then a 0/1 selection, as in ``ones_per_column``."""
     B, C, H, W = src.shape
-    (kh, kw), (sh, sw), (pt, pl, _pb, _pr), (dh, dw) = plan.kernel, plan.stride, plan.pad, plan.dilation
+    kw, sw, pl, dw = plan.kernel[1], plan.stride[1], plan.pad[1], plan.dilation[1]
     if W % 8 or 8 % sw or not src.flags.c_contiguous or src.dtype.itemsize != 1:
         return None  # (narrower rows: the selection products cost less than widening them)
     key = ("words", H, W)
@@ -431,7 +431,7 @@ def ones_per_column(src: np.ndarray, plan: ConvPlan, table: np.ndarray | None) -
     (one skinny product over all rows), then its rows of offset i likewise; the window positions
     in the padding each add the pad value's count."""
     B, C, H, W = src.shape
-    (kh, kw), (sh, sw), (pt, pl, _pb, _pr), (dh, dw) = plan.kernel, plan.stride, plan.pad, plan.dilation
+    (kh, kw), (sh, sw), (pt, pl, _pb, _pr) = plan.kernel, plan.stride, plan.pad
     Ho, Wo = out_hw(plan, H, W)
     pv = plan.pad_value
     pad_ones = int(pv).bit_count() if table is None else int(table[pv])
