@@ -103,6 +103,21 @@ class ConvStep:
     homes: dict = field(default_factory=dict)
 
 
+@dataclass
+class Replay:
+    """A chunk's run on the fast path, recorded so that chunks of the same shapes, types and
+    proven bounds run again without the interpreter (``Machine.run_chunk``). Valid because every
+    step it holds was decided by what the key fixes, never by the data: fused conv layers whose
+    codes' bounds were proved (not scanned), and digital ops whose checks are of shapes only.
+
+    ``steps``: (kind, what it runs, buffers to free after it); ``events``: what every
+    instruction counted besides the fused layers' data-dependent dac_ones (counted again each
+    replay), added to the records per replay at ``flush_events``."""
+
+    steps: list
+    events: list  # (instruction, {event: count})
+
+
 def _need(instr: Instr, name: str, index: int) -> Any:
     try:
         return instr.fields[name]
@@ -207,6 +222,7 @@ class Machine:
         self.conv_chains = self._conv_chains(last, keep)
         self.conv_plans: dict[tuple[int, int, int], KC.ConvPlan | None] = {}
         self.conv_steps: dict[tuple, ConvStep | None] = {}
+        self.table_bounds: dict[int, tuple[int, int]] = {}  # id of a lut's table constant -> its least and greatest entry
         self.pool_padded: dict[tuple, bool] = {}  # (maxpool, source shape) -> whether a window reaches the padding
         self.mvm_runs = self._mvm_runs()
         self.mvm_run_end = dict(self._mvm_spans(_RUN_KEYS))  # first mvm of a run -> the index after it
@@ -221,6 +237,10 @@ class Machine:
         self.fused_events_plans: dict[tuple, FusedEventsPlan] = {}
         #: the same keys -> executions so far: (P, itemsize, home, dac_ones per row block, images)
         self.fused_pending: dict[tuple, list] = {}
+        #: recorded chunk runs by key (``run_chunk``); replays since the last flush_events, per key
+        self.replays: dict[tuple, Replay | None] = {}
+        self.replayed: dict[tuple, int] = {}
+        self.rec: list | None = None  # the steps of the chunk being recorded, or None
         self.prepared: set[bool] = set()
         self.deferred: list[Future] = []  # counts running on the counting thread (``_defer``)
         #: per path: the im2col results stored column by column (sparse products read most of them)
@@ -424,7 +444,11 @@ class Machine:
     def run_chunk(self, feeds: dict[str, np.ndarray], stats: list[InstrStats], fast_path: bool,
                   feed_bounds: dict[str, tuple[int, int]] | None = None) -> None:
         """Run the program on one chunk of inputs (buffer -> codes; ``feed_bounds``: the range the
-        host's quantization clamped each to)."""
+        host's quantization clamped each to).
+
+        On the fast path, the first chunk of given input shapes, types and bounds is recorded as it
+        is interpreted; later such chunks replay the record (``Replay``): the same kernels on the
+        data, without the interpreter's checks and bookkeeping, whose outcome the key fixes."""
         self.env: dict[str, np.ndarray] = {}
         self.checked: dict[tuple[str, int], np.ndarray] = {}
         self.homes: dict[str, tuple[int, int]] = {}
@@ -438,31 +462,53 @@ class Machine:
             self.batch = max(1, int(arr.shape[0]) if arr.ndim else 1)
             if feed_bounds and name in feed_bounds:
                 self.vbounds[name] = (arr, *feed_bounds[name])
+        key = None
+        if fast_path and REPLAY and not self.track_peak:
+            key = (tuple((n, a.shape, a.dtype.str) for n, a in feeds.items()), tuple(sorted((feed_bounds or {}).items())))
+            rp = self.replays.get(key)
+            if rp is not None:
+                self._replay(key, rp)
+                return
+        before = None
+        if key is not None and key not in self.replays:  # (a key whose recording failed is not tried again)
+            self.rec = []
+            before = [(dict(st.events), dict(st.adc_by_bits), st.path, st.xbar) for st in stats]
+        try:
+            self._interpret(stats, fast_path)
+        finally:
+            rec, self.rec = self.rec, None
+        if before is not None:
+            events = None if rec is None else _stats_delta(before, stats)
+            self.replays[key] = None if events is None else Replay(rec, events)
+
+    def _interpret(self, stats: list[InstrStats], fast_path: bool) -> None:
+        """Execute the instructions on the chunk in ``env`` (recording into ``rec`` when it is a list)."""
         i, n = 0, len(self.instrs)
         while i < n:
             ins = self.instrs[i]
             self.pc, self.instr = i, ins
             if ins.opcode == "halt":
                 break
+            mark = -1 if self.rec is None else len(self.rec)
             if fast_path and i in self.conv_chains and self._run_conv(i, stats):
                 last = self.conv_chains[i][2]
-                self._after(i, last)
+                self._step_done(i, last, mark)
                 i = last + 1
                 continue
             if fast_path and i in self.groups and self._run_fused(i, stats):
                 last = self.groups[i][1]
-                self._after(i, last)
+                self._step_done(i, last, -1)
                 i = last + 1
                 continue
             if i in self.run_shiftadds:
                 end = self._run_bitlevel_layer(i, stats, fast_path)
                 if end is not None:
-                    self._after(i, end - 1)
+                    self._step_done(i, end - 1, -1)
                     i = end
                     continue
             if i in self.mvm_runs and self.mvm_runs[i]:
                 end = self._run_mvm_run(i, stats, fast_path)
-                self._after(i, end - 1)
+                self._step_done(i, end - 1, -1)
                 i = end
                 continue
             out = _DISPATCH[ins.opcode](self, ins, fast_path)
@@ -477,15 +523,42 @@ class Machine:
                 st.xbar = extra.get("xbar", st.xbar)
             else:
                 st.add(out)
-            self._after(i)
+            self._step_done(i, None, mark)
             i += 1
 
-    def _after(self, i: int, last: int | None = None) -> None:
+    def _step_done(self, i: int, last: int | None, mark: int) -> None:
+        """After instructions i..last ran: free what they used last; when recording, the step they
+        recorded (one, appended after ``mark`` entries; -1: they cannot be replayed) gets that list."""
+        names = self._after(i, last)
+        rec = self.rec
+        if rec is not None:
+            if mark >= 0 and len(rec) == mark + 1:
+                rec[-1][2] = names
+            else:
+                self.rec = None
+
+    def _replay(self, key: tuple, rp: Replay) -> None:
+        """Run a recorded chunk (``run_chunk``) on the data in ``env``."""
+        env, consts = self.env, self.consts
+        for kind, what, drops in rp.steps:
+            if kind == "conv":
+                step, src_name, evkey, plan, home = what
+                _out, per_dac = self._conv_compute(step, env[src_name])
+                self.fused_pending.setdefault(evkey, []).append((step.P, step.xsize, home, self._dac_ones(plan, per_dac), self.batch))
+            else:
+                fn, srcs, dst, cast = what
+                res = fn(*[env[s] if s in env else consts[s] for s in srcs])
+                env[dst] = res if cast is None else res.astype(cast)
+            for name in drops:
+                env.pop(name, None)
+        self.replayed[key] = self.replayed.get(key, 0) + 1
+
+    def _after(self, i: int, last: int | None = None) -> list[str]:
         """Track peak memory (on the chunk that measures it) and free the buffers whose last use
-        was instruction i (or any of i..last, for instructions that ran together)."""
+        was instruction i (or any of i..last, for instructions that ran together); returns their names."""
         if self.track_peak:
             self.peak_bytes = max(self.peak_bytes, sum(a.nbytes for a in self.env.values()))
-        names = self.free_after.get(i, ()) if last is None else self.free_spans.get((i, last))
+        names = self.free_after.get(i, []) if last is None else self.free_spans.get((i, last))
         if names is None:
             names = self.free_spans[(i, last)] = [n for k in range(i, last + 1) for n in self.free_after.get(k, ())]
         for name in names:
@@ -494,6 +567,7 @@ class Machine:
         if self.checked and names:
             for key in [c for c in self.checked if c[0] in names]:
                 del self.checked[key]
+        return names
 
     def _fused_static(self, first: int):
         """What a fused group needs that does not depend on the data: (mvm instrs, crossbars, bits,
@@ -607,6 +681,10 @@ class Machine:
                 st.path = plan.path if st.path in (None, plan.path) else "mixed"
                 st.xbar = xid
         self.fused_pending = {}
+        for key, times in self.replayed.items():
+            for k, ev in self.replays[key].events:
+                stats[k].add({name: v * times for name, v in ev.items()})
+        self.replayed = {}
 
     def _layer_matrix(self, first: int, k_in: int):
         """The fused layer matrix W_eff of group ``first`` for inputs of width ``k_in`` (built once
@@ -711,6 +789,12 @@ class Machine:
                 one = np.ones(1, dtype=np.int64)
                 _warm(("requant", st.str, dt.str), JIT.requant_nchw, np.zeros((1, 1), dtype=st), one, one, one, 0, 0, 0,
                       np.zeros((1, 1, 1), dtype=dt), 0, 0, 1)
+        for p in self.program.inputs:  # the host's input quantization, per input type
+            decl = self.buffers.get(p.buf)
+            if decl is not None:
+                dt = DTYPES[decl.dtype]
+                _warm(("quantize", dt.str), JIT.quantize_f32, np.zeros(1, dtype=np.float32), np.float32(1), np.float32(0),
+                      np.float32(0), np.float32(0), np.zeros(1, dtype=dt))
         for ins in self.instrs:  # adds, per operand and destination types
             decls = [self.buffers.get(v) if isinstance(v, str) else None for v in (ins.fields.get(k) for k in ("a", "b", "dst"))]
             if ins.opcode == "add" and None not in decls:
@@ -745,17 +829,21 @@ class Machine:
         the iterations; or a function that counts them, run on the counting thread: ``_defer``).
         Accumulated per group; flush_events hands them to the instructions."""
         plan = self._fused_events_plan(first, bits)
+        self._pend_events((first, bits), plan, P, itemsize, src_name, self._dac_ones(plan, per_dac))
+        self.colhomes[cols_name] = dict(plan.colhomes)
+
+    def _dac_ones(self, plan: FusedEventsPlan, per_dac):
+        """dac_ones per row block of ``plan`` from ``per_dac`` (as ``_fused_mvm_events`` takes it);
+        a Future when it is counted on the counting thread."""
 
         def block_ones(per_dac: dict[int, np.ndarray]) -> np.ndarray:
-            # dac_ones per (DAC width, row block): one gather and one segmented sum per DAC width
+            # one gather and one segmented sum per DAC width
             ones = np.zeros(plan.n_blocks, dtype=np.int64)  # (a block of no used rows: 0)
             for dac, sel, rows_cat, starts in plan.block_gathers:
                 ones[sel] = np.add.reduceat(per_dac[dac][rows_cat], starts)
             return ones
 
-        ones = self._defer(lambda: block_ones(per_dac())) if callable(per_dac) else block_ones(per_dac)
-        self._pend_events((first, bits), plan, P, itemsize, src_name, ones)
-        self.colhomes[cols_name] = dict(plan.colhomes)
+        return self._defer(lambda: block_ones(per_dac())) if callable(per_dac) else block_ones(per_dac)
 
     def _defer(self, count):
         """``count()`` (a data-dependent event count that nothing in the run waits for) on the
@@ -854,38 +942,49 @@ class Machine:
         # every code the crossbars see (the source's and the pad value) must be a valid input of
         # the columns' type and width
         b = self._bounds(src_name, src)
+        if b is None:
+            self.rec = None  # (a check of the data: not a step to replay)
         lo, hi = b if b is not None else ((int(src.min()), int(src.max())) if src.size else (0, 0))
         if lo < step.codes[0] or hi > step.codes[1]:
             return False
         self.pc, self.instr = step.r, self.instrs[step.r]
-        src4 = src if step.has_im2col else src.reshape(*src.shape, 1, 1)
-        out = KC.run_conv(src4, step.plan, step.out_dtype)
-        if step.out_shape is not None:
-            out = out.reshape(step.out_shape)
-        self.env[step.out_name] = out  # (its shape and type, and the clamp's range, checked with the step)
-        self.vbounds[step.out_name] = (out, step.plan.lo, step.plan.hi)
-        plan, tables = step.plan, step.tables
-
-        def count() -> dict[int, np.ndarray]:
-            return {dac: KC.ones_per_column(src4, plan, tab) for dac, tab in tables.items()}
-
+        out, per_dac = self._conv_compute(step, src)
+        self.vbounds[step.out_name] = (out, step.plan.lo, step.plan.hi)  # (its shape and type, and the clamp's range, checked with the step)
         first, sa, _r = self.conv_chains[i]
-        replay = step.events is not None
-        if replay:  # where the step's first run left its buffers (a function of the source's home, in the key)
+        again = step.events is not None
+        if again:  # where the step's first run left its buffers (a function of the source's home, in the key)
             self.homes.update(step.homes)
         elif step.has_im2col and src_name in self.homes:
             self.homes[step.cols_name] = self.homes[src_name]
-        # large sources are counted on the counting thread; small ones inline, as handing them over
-        # costs more (the threads would take turns holding the interpreter lock)
-        self._fused_mvm_events(first, step.bits, step.P, count if src4.size >= DEFER_MIN_ELEMS else count(), step.xsize,
-                               step.cols_name, step.colres_name)
-        if not replay:  # the step's first run: its other events, as the instructions count them
+        self._fused_mvm_events(first, step.bits, step.P, per_dac, step.xsize, step.cols_name, step.colres_name)
+        if self.rec is not None:
+            evkey = (first, step.bits)
+            home = self.fused_pending[evkey][-1][2]
+            self.rec.append(["conv", (step, src_name, evkey, self.fused_events_plans[evkey], home), []])
+        if not again:  # the step's first run: its other events, as the instructions count them
             step.events = self._conv_static_events(i, step)
             names = (src_name, step.cols_name, self.instrs[sa].fields["dst"], step.out_name)
             step.homes = {n: self.homes[n] for n in names if n in self.homes}
         for k, ev in step.events:
             stats[k].add(ev)
         return True
+
+    def _conv_compute(self, step: ConvStep, src: np.ndarray):
+        """A checked fused conv step on ``src``: its output (stored in ``env``), and its DAC digits
+        per column and DAC width (as ``_fused_mvm_events`` takes them)."""
+        src4 = src if step.has_im2col else src.reshape(*src.shape, 1, 1)
+        out = KC.run_conv(src4, step.plan, step.out_dtype)
+        if step.out_shape is not None:
+            out = out.reshape(step.out_shape)
+        self.env[step.out_name] = out
+        plan, tables = step.plan, step.tables
+
+        def count() -> dict[int, np.ndarray]:
+            return {dac: KC.ones_per_column(src4, plan, tab) for dac, tab in tables.items()}
+
+        # large sources are counted on the counting thread; small ones inline, as handing them over
+        # costs more (the threads would take turns holding the interpreter lock)
+        return out, (count if src4.size >= DEFER_MIN_ELEMS else count())
 
     def _conv_step(self, i: int, src: np.ndarray) -> ConvStep | None:
         """What conv chain ``i`` needs to run fused on sources of ``src``'s shape and type, checked:
@@ -1420,9 +1519,21 @@ class Machine:
                     ev[k] = ev.get(k, 0) + v
         return ev
 
-    def _digital(self, ins: Instr, dst_name: str, result: np.ndarray, srcs: list[str]) -> dict[str, int]:
-        bounds = (int(ins.fields["lo"]), int(ins.fields["hi"])) if "lo" in ins.fields and "hi" in ins.fields else None
+    def _digital(self, ins: Instr, dst_name: str, result: np.ndarray, srcs: list[str], fn=None,
+                 bounds: tuple[int, int] | None = None) -> dict[str, int]:
+        """Store a digital op's result and count its events. ``bounds``: what the result is proved
+        to lie in (else an op's clamp, its ``lo`` and ``hi``); kept for later instructions.
+        ``fn``: the op as a function of its sources' arrays (buffers or constants, in ``srcs``'
+        order) whose checks are of their shapes and types only, so that a recorded chunk
+        replays it (``run_chunk``)."""
+        if bounds is None and "lo" in ins.fields and "hi" in ins.fields:
+            bounds = (int(ins.fields["lo"]), int(ins.fields["hi"]))
         out = self.write(dst_name, result, bounds=bounds)
+        if bounds is not None:
+            self.vbounds[dst_name] = (out, *bounds)
+        if self.rec is not None and fn is not None and (out is result or bounds is not None):
+            # (a type conversion checked by the clamp's bounds, not the data)
+            self.rec.append(["op", (fn, list(srcs), dst_name, None if out is result else out.dtype), []])
         read = sum(self.read(s).nbytes for s in srcs if s in self.env)
         ev = {"digital_ops": out.size, "buffer_read_bytes": read, "buffer_write_bytes": out.nbytes}
         for k, v in self._inherit(dst_name, [s for s in srcs if s in self.env]).items():
@@ -1435,8 +1546,19 @@ class Machine:
         src = self.read(src_name)
         table = self._const(_need(ins, "table", n), f"instruction {n} (lut) table")
         qmin, _ = D.type_range(src.dtype)
-        res = D.lut(src, table, int(_need(ins, "axis", n)), qmin)
-        ev = self._digital(ins, _need(ins, "dst", n), res, [src_name])
+        axis = int(_need(ins, "axis", n))
+
+        def fn(a):
+            return D.lut(a, table, axis, qmin)
+
+        res = fn(src)
+        dst = _need(ins, "dst", n)
+        tb = self.table_bounds.get(id(table))  # (every result is a table entry)
+        if tb is None:
+            tb = self.table_bounds[id(table)] = (int(table.min()), int(table.max())) if table.size else (0, 0)
+        tlo, thi = D.type_range(DTYPES[self.decl(dst).dtype])
+        # (entries beyond the destination's type: the values written are checked instead)
+        ev = self._digital(ins, dst, res, [src_name], fn, bounds=tb if tlo <= tb[0] and tb[1] <= thi else None)
         ev["buffer_read_bytes"] += res.size * table.dtype.itemsize  # one table entry per element
         return ev
 
@@ -1448,8 +1570,12 @@ class Machine:
         consts = self._ints(ins, "ma", "mb", "shift", "za", "zb", "zp", "lo", "hi")
         dt = DTYPES[self.decl(dst).dtype]
         tlo, thi = D.type_range(dt)  # the result straight in the buffer's type where the clamp fits it
-        res = D.add(self.read(a), self.read(b), *consts, out_dtype=dt if tlo <= consts[6] <= consts[7] <= thi else None)
-        return self._digital(ins, dst, res, [a, b])
+        out_dtype = dt if tlo <= consts[6] <= consts[7] <= thi else None
+
+        def fn(x, y):
+            return D.add(x, y, *consts, out_dtype=out_dtype)
+
+        return self._digital(ins, dst, fn(self.read(a), self.read(b)), [a, b], fn)
 
     def op_mul(self, ins: Instr, fast: bool):
         a, b = _need(ins, "a", self.pc), _need(ins, "b", self.pc)
@@ -1467,8 +1593,10 @@ class Machine:
         src = self.read(s)
         geometry = (_need(ins, "kernel", n), _need(ins, "stride", n), _need(ins, "pad", n), _need(ins, "dilation", n),
                     self._out_shape(dst))
-        res = D.maxpool(src, *geometry)
-        ev = self._digital(ins, dst, res, [s])
+        def fn(a):
+            return D.maxpool(a, *geometry)
+
+        ev = self._digital(ins, dst, fn(src), [s], fn)
         # the source's bounds hold for the maxima; a window in the padding only (its type's least
         # value) is not ruled out where there is padding
         key = (n, src.shape)
@@ -1489,9 +1617,13 @@ class Machine:
         n = self.pc
         s, dst = _need(ins, "src", n), _need(ins, "dst", n)
         cip, zin, m, shift, zp, lo, hi = self._ints(ins, "count_include_pad", "zin", "m", "shift", "zp", "lo", "hi")
-        res = D.avgpool(self.read(s), _need(ins, "kernel", n), _need(ins, "stride", n), _need(ins, "pad", n),
-                        cip, zin, m, shift, zp, lo, hi, self._out_shape(dst))
-        return self._digital(ins, dst, res, [s])
+        geometry = (_need(ins, "kernel", n), _need(ins, "stride", n), _need(ins, "pad", n))
+        out_shape = self._out_shape(dst)
+
+        def fn(a):
+            return D.avgpool(a, *geometry, cip, zin, m, shift, zp, lo, hi, out_shape)
+
+        return self._digital(ins, dst, fn(self.read(s)), [s], fn)
 
     def _out_shape(self, dst: str) -> list[int]:
         b = self.decl(dst)
@@ -1517,8 +1649,10 @@ class Machine:
         batch = src.shape[0] if src.ndim else 1
         if b.shape[0] == -1 and src.size != batch * per:
             raise ProgramError(f"instruction {self.pc} (reshape): {list(src.shape)} cannot become {b.shape} with the batch kept")
-        res = src.reshape(-1, *fixed) if b.shape[0] == -1 else src.reshape(fixed)
-        ev = self._digital(ins, dst, res, [s])
+        def fn(a):
+            return a.reshape(-1, *fixed) if b.shape[0] == -1 else a.reshape(fixed)
+
+        ev = self._digital(ins, dst, fn(src), [s], fn)
         self._keep_bounds(s, src, dst)
         return ev
 
@@ -1637,14 +1771,15 @@ def quantize_input(x: np.ndarray, scale: float, zp: int, dtype: np.dtype, act_bi
     binary32 quotient of the binary32 input by the binary32 scale, as ONNX QuantizeLinear, then
     clamp(rne(·) + zp, qmin, qmax); NaN becomes zp (real 0), ±inf saturate."""
     lo, hi = input_range(dtype, act_bits)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        v = np.asarray(x, dtype=np.float32) / np.float32(scale)  # a new array: the rest works in place
-    np.copyto(v, 0.0, where=np.isnan(v))  # (±inf: clamped below)
     if max(abs(lo - zp), abs(hi - zp), abs(lo), abs(hi)) < (1 << 24):  # every bound exact in binary32
-        np.rint(v, out=v)  # rne of the binary32 quotient
-        np.clip(v, lo - zp, hi - zp, out=v)  # clamp(q + zp, lo, hi) = clamp(q, lo - zp, hi - zp) + zp
-        v += zp
-        return v.astype(dtype)
+        # clamp(q + zp, lo, hi) = clamp(q, lo - zp, hi - zp) + zp, q the rne of the binary32 quotient
+        v = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty(v.shape, dtype=dtype)
+        JIT.quantize_f32(v.reshape(-1), np.float32(scale), np.float32(lo - zp), np.float32(hi - zp), np.float32(zp), out.reshape(-1))
+        return out
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        v = np.asarray(x, dtype=np.float32) / np.float32(scale)
+    np.copyto(v, 0.0, where=np.isnan(v))  # (±inf: clamped below)
     v = np.rint(np.clip(v.astype(np.float64), lo - zp - 1, hi - zp + 1))  # also keeps the int64 cast in range
     return np.clip(v.astype(np.int64) + zp, lo, hi).astype(dtype)
 
@@ -1701,7 +1836,7 @@ def run_program(
             bar[0].start()
             stack.callback(bar[0].stop)
         s = 0
-        m.fused_pending = {}
+        m.fused_pending, m.replayed = {}, {}
         while s < B:
             n = min(chunk, B - s)
             feeds, bounds = {}, {}
@@ -1738,8 +1873,25 @@ def run_program(
 
 _BLAS_CONTROLLER: list = []  # the threadpoolctl controller, found once (finding the libraries is slow)
 _COUNTER: list = []  # the counting thread's executor (``Machine._defer``), started once
+#: whether chunks on the fast path replay the record of an earlier chunk of the same shapes
+#: (``Machine.run_chunk``); off, every chunk is interpreted (the same results and counters)
+REPLAY = True
 #: least source elements of a fused conv layer whose dac_ones are counted on the counting thread
 DEFER_MIN_ELEMS = 1 << 19
+
+
+def _stats_delta(before: list[tuple], stats: list[InstrStats]) -> list[tuple[int, dict[str, int]]] | None:
+    """What each instruction's record gained since ``before`` (its events, ADC conversions by
+    width, path and crossbar): (instruction, events) for those that counted any; None when
+    anything but events changed (not a chunk to replay: only events are added per replay)."""
+    delta = []
+    for st, (ev0, adc0, path0, xbar0) in zip(stats, before):
+        if st.adc_by_bits != adc0 or st.path != path0 or st.xbar != xbar0:
+            return None
+        d = {k: v - ev0.get(k, 0) for k, v in st.events.items() if v != ev0.get(k, 0)}
+        if d:
+            delta.append((st.index, d))
+    return delta
 
 
 def _warm(kind, kernel, *args) -> None:

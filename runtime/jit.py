@@ -49,6 +49,68 @@ def word_row_popcounts(words, mask, out):
 
 
 @njit(**_JIT)
+def quantize_f32(x, scale, lo, hi, zp, out):
+    """out[i] = clamp(rint(x[i] / scale), lo, hi) + zp, every operand binary32 (``lo`` and ``hi``
+    the clamp's bounds less zp, each exact in binary32, as zp): host-side input quantization
+    (``executor.quantize_input``); NaN becomes zp, ±inf saturate."""
+    for i in range(x.size):
+        v = x[i] / scale
+        if v != v:
+            v = np.float32(0.0)
+        out[i] = min(max(np.rint(v), lo), hi) + zp
+
+
+@njit(**_JIT)
+def short_row_popcounts(data, row_bytes, out):
+    """out[r] = the set bits of bytes r·row_bytes .. (r + 1)·row_bytes − 1 of ``data`` (uint8):
+    rows shorter than a word, byte by byte (``byte_row_popcounts`` sets up each row's words)."""
+    for r in range(out.size):
+        s = np.uint64(0)
+        for i in range(r * row_bytes, (r + 1) * row_bytes):
+            s += _popcount(np.uint64(data[i]))
+        out[r] = s
+
+
+@njit(**_JIT)
+def window_ones(src, table, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, pad_ones, out):
+    """out[(c·kh + i)·kw + j] = the non-zero DAC digits of im2col column (c, i, j) over every window
+    of ``src`` [B, C, H, W] (codes): ``table`` [code] the digits of each code, or empty for set
+    bits; a window position in the padding has ``pad_ones``. Separable, as
+    ``kernels_conv.ones_per_column``: per input row, the sums over each column offset's window
+    columns, then per row offset the sums of those over its window rows."""
+    B, C, H, W = src.shape
+    a = np.zeros((kw, H), dtype=np.int64)
+    for c in range(C):
+        a[:] = 0
+        for b in range(B):
+            for r in range(H):
+                for j in range(kw):
+                    s = np.int64(0)
+                    for wo in range(Wo):
+                        col = wo * sw + j * dw - pl
+                        if 0 <= col < W:
+                            v = src[b, c, r, col]
+                            s += np.int64(table[v]) if table.size else np.int64(_popcount(np.uint64(v)))
+                    a[j, r] += s
+        for i in range(kh):
+            rows_in = 0
+            for ho in range(Ho):
+                r = ho * sh + i * dh - pt
+                rows_in += 1 if 0 <= r < H else 0
+            for j in range(kw):
+                cols_in = 0
+                for wo in range(Wo):
+                    col = wo * sw + j * dw - pl
+                    cols_in += 1 if 0 <= col < W else 0
+                t = np.int64(B) * pad_ones * (Ho * Wo - rows_in * cols_in)
+                for ho in range(Ho):
+                    r = ho * sh + i * dh - pt
+                    if 0 <= r < H:
+                        t += a[j, r]
+                out[(c * kh + i) * kw + j] = t
+
+
+@njit(**_JIT)
 def byte_row_popcounts(words, row_bytes, out):
     """out[r] = the set bits of bytes r·row_bytes .. (r + 1)·row_bytes − 1 of a byte stream read
     as little-endian uint64 ``words`` (zero past its end): rows that are not whole words."""
@@ -69,19 +131,25 @@ def byte_row_popcounts(words, row_bytes, out):
 
 
 @njit(**_JIT)
-def _requant_line(acc, bias, mult, shift, zp, lo, hi, dst):
-    """dst[w] = clamp(rne((acc[w] + bias)·mult / 2^shift) + zp, lo, hi) (isa.md §3.4): the
-    quotient rounded down, then up when the remainder is past half, or at half and odd."""
+def _requant_int(a, bias, mult, shift, zp, lo, hi):
+    """clamp(rne((a + bias)·mult / 2^shift) + zp, lo, hi) (isa.md §3.4): the quotient rounded
+    down, then up when the remainder is past half, or at half and odd."""
     half = (np.int64(1) << shift) >> 1
     mask = (np.int64(1) << shift) - 1
     odd = np.int64(1) if shift > 0 else np.int64(0)  # (no remainder, no tie, when nothing is shifted out)
+    t = (np.int64(a) + bias) * mult
+    q = t >> shift
+    r = t & mask
+    q += np.int64(r > half) | (np.int64(r == half) & q & odd)
+    q += zp
+    return min(max(q, lo), hi)
+
+
+@njit(**_JIT)
+def _requant_line(acc, bias, mult, shift, zp, lo, hi, dst):
+    """dst[w] = ``_requant_int(acc[w], ...)``."""
     for w in range(dst.size):
-        t = (np.int64(acc[w]) + bias) * mult
-        q = t >> shift
-        r = t & mask
-        q += np.int64(r > half) | (np.int64(r == half) & q & odd)
-        q += zp
-        dst[w] = min(max(q, lo), hi)
+        dst[w] = _requant_int(acc[w], bias, mult, shift, zp, lo, hi)
 
 
 @njit(**_JIT)
@@ -93,8 +161,13 @@ def _requant_line_f64(acc, bias, scale, zp, lo, hi, dst):
     product is exact and rint rounds it half to even; where the product rounds, both land past
     the clamp on the same side. (No 64-bit integer product: 0.44 instead of 0.69 ns a sum here.)"""
     for w in range(dst.size):
-        y = np.rint((np.float64(acc[w]) + bias) * scale) + zp
-        dst[w] = min(max(y, lo), hi)
+        dst[w] = _requant_f64(acc[w], bias, scale, zp, lo, hi)
+
+
+@njit(**_JIT)
+def _requant_f64(a, bias, scale, zp, lo, hi):
+    """One sum of ``_requant_line_f64`` (float64 bias, scale, zp, lo, hi)."""
+    return min(max(np.rint((np.float64(a) + bias) * scale) + zp, lo), hi)
 
 
 @njit(**_JIT)
@@ -107,6 +180,10 @@ def _requant_channel_line(acc, bias, mult, shift, fscale, c, zp, lo, hi, dst):
         _requant_line(acc, bias[c], mult[c], shift[c], zp, lo, hi, dst)
 
 
+#: lines shorter than this are requantized sum by sum (``requant_block``)
+SHORT_LINE = 8
+
+
 @njit(**_JIT)
 def requant_block(acc, bias, mult, shift, fscale, zp, lo, hi, out, b0, n0, h0):
     """The requantization of a fused layer's block: ``acc`` [n, nb, nh, Wo] exact integer sums
@@ -116,6 +193,18 @@ def requant_block(acc, bias, mult, shift, fscale, zp, lo, hi, out, b0, n0, h0):
     loop is contiguous and vectorizes."""
     n, nb, nh, Wo = acc.shape
     L = nh * Wo
+    if L < SHORT_LINE:  # (a fully connected layer's lines are one sum: no line's set-up per sum)
+        for c in range(n):
+            for b in range(nb):
+                for h in range(nh):
+                    for w in range(Wo):
+                        a = acc[c, b, h, w]
+                        if fscale.size:
+                            y = _requant_f64(a, np.float64(bias[c]), fscale[c], np.float64(zp), np.float64(lo), np.float64(hi))
+                        else:
+                            y = _requant_int(a, bias[c], mult[c], shift[c], zp, lo, hi)
+                        out[b0 + b, n0 + c, h0 + h, w] = y
+        return
     for c in range(n):
         for b in range(nb):
             dst = out[b0 + b, n0 + c, h0 : h0 + nh].reshape(L)

@@ -140,8 +140,10 @@ def test_run_conv_covers_each_product_and_requantization_form(monkeypatch):
 
 
 @SETTINGS
-@given(layers(), st.sampled_from([1, 2, 3]))
-def test_ones_per_column_equals_im2col_popcount(case, dac):
+@given(layers(), st.sampled_from([1, 2, 3]), st.booleans())
+def test_ones_per_column_equals_im2col_popcount(case, dac, compiled):
+    """(``compiled``: small sources counted in one compiled call, ``jit.window_ones``; else by the
+    selection products, as large ones are.)"""
     src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
     lm = K.LayerMatrix(Wm, bits)
     plan = KC.plan_conv(lm, bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, 0, 255)
@@ -151,7 +153,10 @@ def test_ones_per_column_equals_im2col_popcount(case, dac):
     table = None if dac == 1 else K.digit_nonzero_table(bits, dac, T).astype(np.uint8)
     cols, _ = _im2col(src.astype(np.int64), kernel, stride, pad, dil, pv)
     per_code = K.digit_nonzero_table(bits, dac, T)
-    np.testing.assert_array_equal(KC.ones_per_column(src, plan, table), per_code[cols].sum(axis=0))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(KC, "WINDOW_ONES_MAX", 1 << 30 if compiled else 0)
+        got = KC.ones_per_column(src, plan, table)
+    np.testing.assert_array_equal(got, per_code[cols].sum(axis=0))
 
 
 @settings(max_examples=150, deadline=None)
@@ -170,9 +175,13 @@ def test_ones_by_word_popcounts_equals_im2col_popcount(B, C, W, H, kh, kw, sw, s
                        wt64=None, dw=None, biased=None, ints=(None, None, None), zp=0, lo=0, hi=255, check=None)
     cols, _ = _im2col(src.astype(np.int64), (kh, kw), (sh, sw), pad, (dil, dil), pv)
     want = np.bitwise_count(cols.astype(np.uint8)).sum(axis=0)
-    np.testing.assert_array_equal(KC.ones_per_column(src, plan, None), want)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(KC, "WINDOW_ONES_MAX", 0)  # (these sizes are otherwise counted by jit.window_ones)
+        np.testing.assert_array_equal(KC.ones_per_column(src, plan, None), want)
     words = KC._ones_by_word_popcounts(src, plan, *KC.out_hw(plan, H, W), int(np.bitwise_count(np.uint8(pv))))
     assert (words is None) == (sw == 3 or W % 8 != 0 or plan.cache[("words", H, W)] is False)
+    if words is not None:
+        np.testing.assert_array_equal(words, want)
 
 
 def _example_program():
@@ -320,10 +329,16 @@ def test_binary64_requantization_equals_the_integer_one_where_proved(shift, mult
     got = np.empty(acc.size, dtype=np.int64)
     JIT._requant_channel_line(acc, b, m, s, fscale, 0, zp, lo, hi, got)
     np.testing.assert_array_equal(got, [exact(int(v)) for v in acc])
+    forms = [fscale]
     if (lim + abs(bias)) * abs(mult) < (1 << 63):  # and the integer line's, where its product fits int64
         want = np.empty(acc.size, dtype=np.int64)
         JIT._requant_channel_line(acc, b, m, s, np.empty(0), 0, zp, lo, hi, want)
         np.testing.assert_array_equal(got, want)
+        forms.append(np.empty(0))
+    for f in forms:  # requant_block's lines of one sum (a fully connected layer's: sum by sum)
+        short = np.empty((acc.size, 1, 1, 1), dtype=np.int64)
+        JIT.requant_block(acc.reshape(1, -1, 1, 1), b, m, s, f, zp, lo, hi, short, 0, 0, 0)
+        np.testing.assert_array_equal(short.reshape(-1), got)
 
 
 def test_one_image_runs_leave_the_products_to_blas_only_where_every_layer_is_fused(monkeypatch):

@@ -378,3 +378,57 @@ def test_add_in_one_pass_equals_the_int64_add(ta, tb, td, ma, mb, shift, za, zb,
     want = D.add(a, b, ma, mb, shift, za, zb, zp, lo, hi)
     got = D.add(a, b, ma, mb, shift, za, zb, zp, lo, hi, out_dtype=td)
     assert got.dtype == td and np.array_equal(got.astype(np.int64), want)
+
+
+def test_replayed_chunks_equal_interpreted_ones(tmp_path):
+    """A chunk replayed from the record of an earlier one of the same shapes (``executor.Replay``)
+    gives the outputs and the report the interpreter gives, on generated networks compiled for
+    isaac8 (conv, pools, residual adds, activations' tables, concat, fully connected) run one
+    image at a time; and the records hold every kind of step they can replay."""
+    import onnx  # noqa: PLC0415
+    from qdq_nets import networks  # noqa: PLC0415
+
+    import runtime.executor as E  # noqa: PLC0415
+    from pimc.driver import QuantOptions, compile_model  # noqa: PLC0415
+    from pimc.hw import load_config  # noqa: PLC0415
+
+    cfg = load_config("isaac8")
+    replayed, recorded = set(), [0, 0]
+    replay = E.Machine._replay
+
+    def typed_replay(self, key, rp):  # what a replay leaves (the outputs) has its buffers' declared types
+        replay(self, key, rp)
+        for name, arr in self.env.items():
+            assert arr.dtype == E.DTYPES[self.buffers[name].dtype], name
+
+    @settings(max_examples=25, derandomize=True, database=None, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(networks(), st.integers(0, 2**16))
+    def one(net, seed):
+        model, shape = net
+        rng = np.random.default_rng(seed)
+        onnx.save(model, tmp_path / "m.onnx")
+        np.save(tmp_path / "cal.npy", rng.standard_normal((8, *shape)).astype(np.float32))
+        program = compile_model(tmp_path / "m.onnx", cfg, QuantOptions(calibration=str(tmp_path / "cal.npy"))).program
+        feed = {"x": rng.standard_normal((3, *shape)).astype(np.float32)}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(E, "REPLAY", False)
+            want, rep_want = E.run_program(program, feed, batch_size=1)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(E.Machine, "_replay", typed_replay)
+            got, rep = E.run_program(program, feed, batch_size=1)  # the first chunk recorded, two replayed
+        again, rep_again = E.run_program(program, feed)  # three images at once: recorded
+        again2, rep_again2 = E.run_program(program, feed)  # replayed
+        for out in (got, again, again2):
+            for k in want:
+                np.testing.assert_array_equal(out[k], want[k])
+        assert _report_key(rep) == _report_key(rep_want) == _report_key(rep_again) == _report_key(rep_again2)
+        records = [r for r in program._runtime_machine[1].replays.values() if r is not None]
+        recorded[0] += bool(records)
+        recorded[1] += 1
+        for r in records:
+            replayed.update("conv" if kind == "conv" else what[0].__qualname__.split(".")[1] for kind, what, _ in r.steps)
+
+    one()
+    assert recorded[0] >= recorded[1] // 2, recorded
+    assert {"conv", "op_maxpool", "op_avgpool", "op_add", "op_lut", "op_reshape"} <= replayed, replayed
