@@ -973,11 +973,19 @@ class Machine:
         """A checked fused conv step on ``src``: its output (stored in ``env``), and its DAC digits
         per column and DAC width (as ``_fused_mvm_events`` takes them)."""
         src4 = src if step.has_im2col else src.reshape(*src.shape, 1, 1)
-        out = KC.run_conv(src4, step.plan, step.out_dtype)
+        plan, tables = step.plan, step.tables
+        if len(tables) == 1 and src4.size < DEFER_MIN_ELEMS:  # (counted inline): a small layer's output and
+            # its one DAC width's counts in one compiled call
+            (dac, table), = tables.items()
+            both = KC.run_conv_counting(src4, plan, step.out_dtype, table)
+            if both is not None:
+                out = both[0] if step.out_shape is None else both[0].reshape(step.out_shape)
+                self.env[step.out_name] = out
+                return out, {dac: both[1]}
+        out = KC.run_conv(src4, plan, step.out_dtype)
         if step.out_shape is not None:
             out = out.reshape(step.out_shape)
         self.env[step.out_name] = out
-        plan, tables = step.plan, step.tables
 
         def count() -> dict[int, np.ndarray]:
             return {dac: KC.ones_per_column(src4, plan, tab) for dac, tab in tables.items()}

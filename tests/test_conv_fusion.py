@@ -8,6 +8,8 @@ Whole programs: the fused layers give the outputs and counters of the bit-level 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -159,6 +161,32 @@ def test_ones_per_column_equals_im2col_popcount(case, dac, compiled):
     np.testing.assert_array_equal(got, per_code[cols].sum(axis=0))
 
 
+@SETTINGS
+@given(layers(), st.sampled_from([1, 2, 3]), st.sampled_from([(np.uint8, 0, 255), (np.int8, -128, 127), (np.int32, -(2**31), 2**31 - 1)]))
+def test_small_layer_in_one_call_equals_run_conv_and_its_counts(case, dac, out_type):
+    """``run_conv_counting`` (im2col, DAC-digit counts, product and requantization in one compiled
+    call) gives ``run_conv``'s output and ``ones_per_column``'s counts, and applies to every small
+    dense layer whose product and bias are exact in one float32 chunk and whose requantization
+    needs no checks of the sums."""
+    src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
+    dtype, lo, hi = out_type
+    plan = KC.plan_conv(K.LayerMatrix(Wm, bits), bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, lo, hi)
+    if plan is None:
+        return
+    T = -(-bits // dac)
+    table = None if dac == 1 else K.digit_nonzero_table(bits, dac, T).astype(np.uint8)
+    both = KC.run_conv_counting(src, plan, dtype, table)
+    applies = plan.dw is None and plan.biased is not None and (plan.check is None or plan.fscale.size > 0)
+    assert (both is not None) == applies
+    if both is not None:
+        np.testing.assert_array_equal(both[0], KC.run_conv(src, plan, dtype))
+        assert both[0].dtype == dtype
+        np.testing.assert_array_equal(both[1], KC.ones_per_column(src, plan, table))
+    if both is not None and plan.check is None and plan.fscale.size:  # and the integer requantization
+        integer = dataclasses.replace(plan, fscale=np.empty(0), cache={})
+        np.testing.assert_array_equal(KC.run_conv_counting(src, integer, dtype, table)[0], both[0])
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.integers(1, 2), st.integers(1, 4), st.sampled_from([8, 16, 24, 14, 7, 1]), st.integers(1, 12), st.integers(1, 3), st.integers(1, 3),
        st.sampled_from([1, 2, 3, 4]), st.integers(1, 2), st.integers(1, 2), st.tuples(*[st.integers(0, 3)] * 4),
@@ -195,13 +223,19 @@ def _example_program():
     return program, {program.inputs[0].name: np.load(ex / "test_images.npy")[:6]}
 
 
-def test_example_runs_its_conv_layers_fused_with_bit_level_outputs_and_counters():
-    """The shipped example on isaac8: its conv and fully connected layers take the fused path, and outputs and every
-    counter equal the bit-level run's."""
+def test_example_runs_its_conv_layers_fused_with_bit_level_outputs_and_counters(monkeypatch):
+    """The shipped example on isaac8: its conv and fully connected layers take the fused path, each
+    in one compiled call (``run_conv_counting``), and outputs and every counter equal the
+    bit-level run's."""
     from runtime.executor import machine_for, run_program
 
     program, x = _example_program()
+    run_program(program, x)  # (prepared: its warm-up calls are not counted)
+    calls = []
+    one_call = KC.run_conv_counting
+    monkeypatch.setattr(KC, "run_conv_counting", lambda *a: calls.append(one_call(*a) is not None) or one_call(*a))
     fast, rf = run_program(program, x)
+    assert calls == [True] * 4
     m = machine_for(program)
     assert len(m.conv_chains) == 4 and all(p is not None for p in m.conv_plans.values())
     slow, rs = run_program(program, x, fast_path=False)
