@@ -72,20 +72,16 @@ def short_row_popcounts(data, row_bytes, out):
 
 
 @njit(**_JIT)
-def small_conv(src, wt, kh, kw, sh, sw, pt, pl, dh, dw, pad_value, mult, shift, fscale, zp, lo, hi, table, xt, out, ones):
-    """A small fused dense layer in one call (``kernels_conv.run_conv_counting``): im2col's matrix
-    transposed into ``xt`` [K + 1, B·Ho·Wo] (float32; its last row ones, for the bias column of
-    ``wt`` [N, K + 1]) with each column's non-zero DAC digits into ``ones`` [K] (``table`` [code],
-    or set bits when empty; ``window_ones``), the product by BLAS (exact: the caller proved every
-    sum below 2^24), and the requantization of each sum into ``out`` [B, N, Ho, Wo], in binary64
-    where ``fscale`` is given (``_requant_line_f64``), else in integers.
+def im2col_counts(src, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, pad_value, table, xt, ones):
+    """A small dense layer's im2col matrix transposed into ``xt`` [K + 1, B·Ho·Wo] (its type; the
+    last row ones, for a bias column of the layer matrix) from ``src`` [B, C, H, W] (``pad_value``
+    in the padding), with each column's non-zero DAC digits into ``ones`` [K] (``table`` [code],
+    or set bits when empty; ``window_ones``): ``kernels_conv.run_conv_counting``.
 
     One test per element for the padding, not a split of each row into runs: views of arrays
     cost a reference count each in numba, which made the split version 2-4x slower here."""
     B, C, H, W = src.shape
-    N, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
     K = C * kh * kw
-    P = Ho * Wo
     pv = np.int64(pad_value)
     for c in range(C):
         for i in range(kh):
@@ -103,19 +99,7 @@ def small_conv(src, wt, kh, kw, sh, sw, pt, pl, dh, dw, pad_value, mult, shift, 
                             row[(b * Ho + ho) * Wo + wo] = v
                             cnt += np.int64(table[v]) if table.size else np.int64(_popcount(np.uint64(v)))
                 ones[k] = cnt
-    xt[K] = 1.0
-    acc = np.dot(wt, xt)
-    fz, fl, fh = np.float64(zp), np.float64(lo), np.float64(hi)
-    for n in range(N):
-        for b in range(B):
-            a = acc[n, b * P : (b + 1) * P]
-            d = out[b, n].reshape(P)
-            if fscale.size:
-                for p in range(P):
-                    d[p] = _requant_f64(a[p], 0.0, fscale[n], fz, fl, fh)
-            else:
-                for p in range(P):
-                    d[p] = _requant_int(a[p], 0, mult[n], shift[n], zp, lo, hi)
+    xt[K] = 1
 
 
 @njit(**_JIT)

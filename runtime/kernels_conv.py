@@ -24,7 +24,6 @@ takes the arbitrary-precision path (``kernels.requant``).
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -294,20 +293,18 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
 
 
 #: most elements of the im2col matrix, with its row of ones (B·Ho·Wo·(K + 1)), for which
-#: ``run_conv_counting`` runs a layer in one compiled call: the example's layers (up to ~15,000
-#: at batch 1) took a third of the time of ``run_conv`` and ``ones_per_column``; a layer of
-#: 32 -> 32 channels on 28 x 28 (~226,000) gained nothing
+#: ``run_conv_counting`` builds it in one compiled call with the layer's DAC-digit counts: the
+#: example's layers (up to ~15,000 at batch 1) took half the time of ``run_conv`` and
+#: ``ones_per_column``; a layer of 32 -> 32 channels on 28 x 28 (~226,000) gained nothing
 ONE_CALL_MAX = 1 << 17
-#: numba's products (``np.dot`` in ``jit.small_conv``) call SciPy's BLAS
-ONE_CALL = importlib.util.find_spec("scipy") is not None
 
 
 def run_conv_counting(src: np.ndarray, plan: ConvPlan, out_dtype, table: np.ndarray | None):
-    """``run_conv``'s output and ``ones_per_column``'s counts (for one DAC width, ``table``) in
-    one compiled call (``jit.small_conv``), for a small dense layer whose product and bias are
-    exact in one float32 chunk (``biased``) and whose requantization needs no checks of the
-    sums; else None."""
-    if not ONE_CALL or plan.biased is None or (plan.check is not None and not plan.fscale.size):
+    """``run_conv``'s output and ``ones_per_column``'s counts (for one DAC width, ``table``) for a
+    small dense layer whose product and bias are exact in one float32 chunk (``biased``) and
+    whose requantization needs no checks of the sums: its im2col matrix and counts in one
+    compiled call (``jit.im2col_counts``), one product, one requantization; else None."""
+    if plan.biased is None or (plan.check is not None and not plan.fscale.size):
         return None
     B, C, H, W = src.shape
     Ho, Wo = out_hw(plan, H, W)
@@ -315,11 +312,11 @@ def run_conv_counting(src: np.ndarray, plan: ConvPlan, out_dtype, table: np.ndar
     if B * Ho * Wo * (K + 1) > ONE_CALL_MAX or not 0 <= plan.pad_value < (1 << 16):
         return None
     xt = np.empty((K + 1, B * Ho * Wo), dtype=np.float32)
-    out = np.empty((B, plan.N, Ho, Wo), dtype=out_dtype)
     ones = np.empty(K, dtype=np.int64)
-    _bias, mult, shift = plan.ints
-    JIT.small_conv(src, plan.biased, *plan.kernel, *plan.stride, plan.pad[0], plan.pad[1], *plan.dilation, plan.pad_value,
-                   mult, shift, plan.fscale, plan.zp, plan.lo, plan.hi, _NO_TABLE if table is None else table, xt, out, ones)
+    JIT.im2col_counts(src, *plan.kernel, *plan.stride, plan.pad[0], plan.pad[1], *plan.dilation, Ho, Wo, plan.pad_value,
+                      _NO_TABLE if table is None else table, xt, ones)
+    out = np.empty((B, plan.N, Ho, Wo), dtype=out_dtype)
+    _requant((plan.biased @ xt).reshape(plan.N, B, Ho, Wo), plan, 0, out, 0, 0, biased=True)
     return out, ones
 
 

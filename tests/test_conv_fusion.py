@@ -163,11 +163,11 @@ def test_ones_per_column_equals_im2col_popcount(case, dac, compiled):
 
 @SETTINGS
 @given(layers(), st.sampled_from([1, 2, 3]), st.sampled_from([(np.uint8, 0, 255), (np.int8, -128, 127), (np.int32, -(2**31), 2**31 - 1)]))
-def test_small_layer_in_one_call_equals_run_conv_and_its_counts(case, dac, out_type):
-    """``run_conv_counting`` (im2col, DAC-digit counts, product and requantization in one compiled
-    call) gives ``run_conv``'s output and ``ones_per_column``'s counts, and applies to every small
-    dense layer whose product and bias are exact in one float32 chunk and whose requantization
-    needs no checks of the sums."""
+def test_small_layer_counted_with_its_im2col_equals_run_conv_and_its_counts(case, dac, out_type):
+    """``run_conv_counting`` (the im2col matrix and its DAC-digit counts in one compiled call, one
+    product, one requantization) gives ``run_conv``'s output and ``ones_per_column``'s counts, and
+    applies to every small dense layer whose product and bias are exact in one float32 chunk and
+    whose requantization needs no checks of the sums."""
     src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
     dtype, lo, hi = out_type
     plan = KC.plan_conv(K.LayerMatrix(Wm, bits), bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, lo, hi)
@@ -225,8 +225,8 @@ def _example_program():
 
 def test_example_runs_its_conv_layers_fused_with_bit_level_outputs_and_counters(monkeypatch):
     """The shipped example on isaac8: its conv and fully connected layers take the fused path, each
-    in one compiled call (``run_conv_counting``), and outputs and every counter equal the
-    bit-level run's."""
+    counted with its im2col matrix (``run_conv_counting``), and outputs and every counter equal
+    the bit-level run's."""
     from runtime.executor import machine_for, run_program
 
     program, x = _example_program()
