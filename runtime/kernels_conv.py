@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime import jit as JIT
-from runtime.kernels import LayerMatrix, _map, first_time, requant
+from runtime.kernels import PARALLEL_MIN_WORK, LayerMatrix, _map, first_time, requant
 
 #: elements of one block's float32 input columns (K x block) and of its sums (N x block): blocks
 #: past L2's size, as each block is ~10 NumPy and numba calls whose fixed cost outweighed cache
@@ -293,10 +293,10 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
 
 
 #: most elements of the im2col matrix, with its row of ones (B·Ho·Wo·(K + 1)), for which
-#: ``run_conv_counting`` builds it in one compiled call with the layer's DAC-digit counts: the
-#: example's layers (up to ~15,000 at batch 1) took half the time of ``run_conv`` and
-#: ``ones_per_column``; a layer of 32 -> 32 channels on 28 x 28 (~226,000) gained nothing
-ONE_CALL_MAX = 1 << 17
+#: ``run_conv_counting`` builds it in one compiled call with the layer's DAC-digit counts:
+#: measured against ``run_conv`` and ``ones_per_column`` (stride 1, 3 x 3), 38 instead of 61 µs at
+#: ~14,000 (the example's second layer), 740 instead of 890 µs at ~450,000; at stride 2 or 1 x 1 the same
+ONE_CALL_MAX = 1 << 19
 
 
 def run_conv_counting(src: np.ndarray, plan: ConvPlan, out_dtype, table: np.ndarray | None):
@@ -309,7 +309,9 @@ def run_conv_counting(src: np.ndarray, plan: ConvPlan, out_dtype, table: np.ndar
     B, C, H, W = src.shape
     Ho, Wo = out_hw(plan, H, W)
     K = C * plan.kernel[0] * plan.kernel[1]
-    if B * Ho * Wo * (K + 1) > ONE_CALL_MAX or not 0 <= plan.pad_value < (1 << 16):
+    elems = B * Ho * Wo * (K + 1)
+    # (a product that run_conv would share among the worker threads keeps run_conv)
+    if elems > ONE_CALL_MAX or elems * plan.N >= PARALLEL_MIN_WORK or not 0 <= plan.pad_value < (1 << 16):
         return None
     xt = np.empty((K + 1, B * Ho * Wo), dtype=np.float32)
     ones = np.empty(K, dtype=np.int64)
