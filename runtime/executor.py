@@ -1601,6 +1601,7 @@ class Machine:
         src = self.read(s)
         geometry = (_need(ins, "kernel", n), _need(ins, "stride", n), _need(ins, "pad", n), _need(ins, "dilation", n),
                     self._out_shape(dst))
+
         def fn(a):
             return D.maxpool(a, *geometry)
 
@@ -1657,6 +1658,7 @@ class Machine:
         batch = src.shape[0] if src.ndim else 1
         if b.shape[0] == -1 and src.size != batch * per:
             raise ProgramError(f"instruction {self.pc} (reshape): {list(src.shape)} cannot become {b.shape} with the batch kept")
+
         def fn(a):
             return a.reshape(-1, *fixed) if b.shape[0] == -1 else a.reshape(fixed)
 

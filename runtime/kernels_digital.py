@@ -145,13 +145,17 @@ def maxpool(src: np.ndarray, kernel, stride, pad, dilation, out_shape) -> np.nda
 def avgpool(src, kernel, stride, pad, count_include_pad, zin, m, shift, zp, lo, hi, out_shape) -> np.ndarray:
     """clamp(rne_div(m·Σ(x−zin), count·2^shift) + zp, lo, hi); padding adds x − zin = 0."""
     k, s, d, (pt, pl, pb, pr), ohw = pool_geometry(src, kernel, stride, pad, [1, 1], out_shape)
-    x = np.pad(src.astype(np.int64) - zin, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=0)
-    total = np.zeros((x.shape[0], x.shape[1], *ohw), dtype=np.int64)
-    for t in _taps(x, k, s, d, ohw):
-        total += t
     H, W = src.shape[2], src.shape[3]
-    if count_include_pad:
-        count = np.int64(k[0] * k[1])  # quantization.md §5.4: the window size
+    whole = tuple(k) == (H, W) and tuple(ohw) == (1, 1) and not (pt or pl or pb or pr)
+    if whole:  # a global pool: one sum per map (~10x faster than the taps on 1280 maps of 7 x 7)
+        total = src.sum(axis=(2, 3), dtype=np.int64, keepdims=True) - np.int64(zin * H * W)
+    else:
+        x = np.pad(src.astype(np.int64) - zin, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=0)
+        total = np.zeros((x.shape[0], x.shape[1], *ohw), dtype=np.int64)
+        for t in _taps(x, k, s, d, ohw):
+            total += t
+    if count_include_pad or whole:
+        count = np.int64(k[0] * k[1])  # quantization.md §5.4: the window size (a global pool's is all inside)
     else:
         inside = np.zeros((1, 1, H + pt + pb, W + pl + pr), dtype=np.int64)
         inside[:, :, pt : pt + H, pl : pl + W] = 1

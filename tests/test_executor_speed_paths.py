@@ -432,3 +432,21 @@ def test_replayed_chunks_equal_interpreted_ones(tmp_path):
     one()
     assert recorded[0] >= recorded[1] // 2, recorded
     assert {"conv", "op_maxpool", "op_avgpool", "op_add", "op_lut", "op_reshape"} <= replayed, replayed
+
+
+@SETTINGS
+@given(st.sampled_from([np.uint8, np.int8, np.int16, np.int32]), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9),
+       st.integers(-200, 200), st.integers(1, 1 << 20), st.integers(0, 40), st.integers(0, 1), st.integers(0, 2**31 - 1))
+def test_global_average_pool_equals_python_integers(dtype, B, H, W, zin, m, shift, cip, seed):
+    """A pool whose window is the whole map (summed per map, not tap by tap) against exact
+    Python integers: clamp(rne(m·Σ(x − zin) / (H·W·2^shift)) + zp, lo, hi)."""
+    from runtime import kernels_digital as D  # noqa: PLC0415
+
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(seed).integers(info.min, info.max, (B, 3, H, W), endpoint=True).astype(dtype)
+    got = D.avgpool(x, [H, W], [1, 1], [0, 0, 0, 0], cip, zin, m, shift, 5, -1000, 1000, [B, 3, 1, 1])
+    for (b, c), want in np.ndenumerate(got[:, :, 0, 0]):
+        num, den = m * sum(int(v) - zin for v in x[b, c].ravel()), H * W << shift
+        q, r = divmod(num, den)
+        q += 1 if 2 * r > den or (2 * r == den and q % 2) else 0
+        assert want == min(max(q + 5, -1000), 1000)
