@@ -21,15 +21,3 @@ def test_bench_reports_ratios_and_memory_for_the_example(tmp_path, capsys):
     assert row["simulator_images_per_s"] == 2 / row["simulator_s"]
     assert "best ratio" in capsys.readouterr().out
 
-
-def test_one_call_layer_measurement_agrees_with_the_simulator(capsys):
-    """The one-call layer prototype gives the fused layer's outputs and counts (its asserts), for
-    every layer it times (not a timing test)."""
-    import pytest  # noqa: PLC0415
-
-    from benchmarks import one_call_layer
-
-    if one_call_layer.SGEMM is None:
-        pytest.skip("NumPy's bundled OpenBLAS is not on this platform")
-    assert one_call_layer.main(["--seconds", "0.02"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 4
