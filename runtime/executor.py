@@ -223,7 +223,6 @@ class Machine:
         self.conv_plans: dict[tuple[int, int, int], KC.ConvPlan | None] = {}
         self.conv_steps: dict[tuple, ConvStep | None] = {}
         self.table_bounds: dict[int, tuple[int, int]] = {}  # id of a lut's table constant -> its least and greatest entry
-        self.pool_padded: dict[tuple, bool] = {}  # (maxpool, source shape) -> whether a window reaches the padding
         self.mvm_runs = self._mvm_runs()
         self.mvm_run_end = dict(self._mvm_spans(_RUN_KEYS))  # first mvm of a run -> the index after it
         self.run_shiftadds = self._run_shiftadds(last, keep)
@@ -789,6 +788,8 @@ class Machine:
                 one = np.ones(1, dtype=np.int64)
                 _warm(("requant", st.str, dt.str), JIT.requant_nchw, np.zeros((1, 1), dtype=st), one, one, one, 0, 0, 0,
                       np.zeros((1, 1, 1), dtype=dt), 0, 0, 1)
+        _warm("block_sums", JIT.block_sums, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.intp), np.zeros(1, dtype=np.intp),
+              np.zeros(1, dtype=np.intp), np.zeros(1, dtype=np.int64))  # (the fused layers' dac_ones per row block)
         for p in self.program.inputs:  # the host's input quantization, per input type
             decl = self.buffers.get(p.buf)
             if decl is not None:
@@ -837,10 +838,10 @@ class Machine:
         a Future when it is counted on the counting thread."""
 
         def block_ones(per_dac: dict[int, np.ndarray]) -> np.ndarray:
-            # one gather and one segmented sum per DAC width
+            # one compiled segmented sum per DAC width
             ones = np.zeros(plan.n_blocks, dtype=np.int64)  # (a block of no used rows: 0)
             for dac, sel, rows_cat, starts in plan.block_gathers:
-                ones[sel] = np.add.reduceat(per_dac[dac][rows_cat], starts)
+                JIT.block_sums(per_dac[dac], rows_cat, starts, sel, ones)
             return ones
 
         return self._defer(lambda: block_ones(per_dac())) if callable(per_dac) else block_ones(per_dac)
@@ -1599,20 +1600,16 @@ class Machine:
         n = self.pc
         s, dst = _need(ins, "src", n), _need(ins, "dst", n)
         src = self.read(s)
-        geometry = (_need(ins, "kernel", n), _need(ins, "stride", n), _need(ins, "pad", n), _need(ins, "dilation", n),
-                    self._out_shape(dst))
+        geometry = D.pool_geometry(src, _need(ins, "kernel", n), _need(ins, "stride", n), _need(ins, "pad", n),
+                                   _need(ins, "dilation", n), self._out_shape(dst))  # (a replay runs sources of this shape only)
 
         def fn(a):
-            return D.maxpool(a, *geometry)
+            return D.maxpool(a, geometry)
 
         ev = self._digital(ins, dst, fn(src), [s], fn)
         # the source's bounds hold for the maxima; a window in the padding only (its type's least
         # value) is not ruled out where there is padding
-        key = (n, src.shape)
-        padded = self.pool_padded.get(key)
-        if padded is None:
-            padded = self.pool_padded[key] = any(D.pool_geometry(src, *geometry)[3])
-        self._keep_bounds(s, src, dst, D.type_range(src.dtype)[0] if padded else None)
+        self._keep_bounds(s, src, dst, D.type_range(src.dtype)[0] if any(geometry[3]) else None)
         return ev
 
     def _keep_bounds(self, src_name: str, src: np.ndarray, dst_name: str, floor: int | None = None) -> None:

@@ -61,6 +61,20 @@ def quantize_f32(x, scale, lo, hi, zp, out):
 
 
 @njit(**_JIT)
+def block_sums(per, rows, starts, blocks, out):
+    """out[blocks[g]] = Σ per[rows[starts[g] : starts[g + 1]]] (the last segment to the end of
+    ``rows``): a fused layer's ``dac_ones`` per row block from its counts per im2col column
+    (``executor.Machine._dac_ones``; one call instead of a gather, a segmented sum and a scatter)."""
+    n = starts.size
+    for g in range(n):
+        end = starts[g + 1] if g + 1 < n else rows.size
+        s = np.int64(0)
+        for i in range(starts[g], end):
+            s += per[rows[i]]
+        out[blocks[g]] = s
+
+
+@njit(**_JIT)
 def short_row_popcounts(data, row_bytes, out):
     """out[r] = the set bits of bytes r·row_bytes .. (r + 1)·row_bytes − 1 of ``data`` (uint8):
     rows shorter than a word, byte by byte (``byte_row_popcounts`` sets up each row's words)."""

@@ -303,7 +303,9 @@ def run_conv_counting(src: np.ndarray, plan: ConvPlan, out_dtype, table: np.ndar
     """``run_conv``'s output and ``ones_per_column``'s counts (for one DAC width, ``table``) for a
     small dense layer whose product and bias are exact in one float32 chunk (``biased``) and
     whose requantization needs no checks of the sums: its im2col matrix and counts in one
-    compiled call (``jit.im2col_counts``), one product, one requantization; else None."""
+    compiled call (``jit.im2col_counts``), one product, one requantization; else None.
+    ``table`` must have an entry for every code of ``src`` and for the pad value (the caller's
+    checked bounds: the compiled count reads it unchecked)."""
     if plan.biased is None or (plan.check is not None and not plan.fscale.size):
         return None
     B, C, H, W = src.shape
@@ -473,7 +475,9 @@ _NO_TABLE = np.empty(0, dtype=np.uint8)  # (window_ones counts set bits)
 def ones_per_column(src: np.ndarray, plan: ConvPlan, table: np.ndarray | None) -> np.ndarray:
     """For every im2col column k = (c, i, j): the non-zero DAC digits of its inputs summed over all
     iterations (``dac_ones`` before the row-table gather), from the source, without im2col.
-    ``table``: non-zero digits per code value; None for 1-bit digits (a popcount).
+    ``table``: non-zero digits per code value, an entry for every code of ``src`` and the pad
+    value (small sources are counted by ``jit.window_ones``, which reads it unchecked); None for
+    1-bit digits (a popcount).
 
     Separable: the window's columns of offset j are a 0/1 selection over the real input columns
     (one skinny product over all rows), then its rows of offset i likewise; the window positions

@@ -130,9 +130,10 @@ def _taps(x: np.ndarray, kernel, stride, dilation, out_hw):
             yield x[:, :, u * dh : u * dh + sh * (Ho - 1) + 1 : sh, v * dw : v * dw + sw * (Wo - 1) + 1 : sw]
 
 
-def maxpool(src: np.ndarray, kernel, stride, pad, dilation, out_shape) -> np.ndarray:
-    """Max over each window; padding never wins (it is the type's minimum)."""
-    k, s, d, (pt, pl, pb, pr), ohw = pool_geometry(src, kernel, stride, pad, dilation, out_shape)
+def maxpool(src: np.ndarray, geometry: tuple) -> np.ndarray:
+    """Max over each window of ``geometry`` (``pool_geometry``'s, checked for sources of src's
+    shape); padding never wins (it is the type's minimum)."""
+    k, s, d, (pt, pl, pb, pr), ohw = geometry
     lo, _ = type_range(src.dtype)
     x = np.pad(src, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=lo) if pt or pl or pb or pr else src
     taps = _taps(x, k, s, d, ohw)
