@@ -4,7 +4,9 @@
   product, per-crossbar ADC) against §3.2 computed one step at a time with int64 arithmetic;
 - ``kernels.ShiftaddPlan`` (the prepared gather-and-sum column map) against §3.3 column by column;
 - ``kernels.LayerMatrix.apply`` (K-chunked exact float32 SGEMM) against an exact integer product;
-- whole runs: a cached Machine gives the same outputs and counters on a second run.
+- whole runs: a cached Machine gives the same outputs and counters on a second run, and chunks
+  replayed from a recorded one (``executor.Replay``) give what the interpreter gives;
+- a global average pool (summed per map) against Python integers.
 """
 
 from __future__ import annotations
