@@ -222,7 +222,7 @@ class Machine:
         self.conv_chains = self._conv_chains(last, keep)
         self.conv_plans: dict[tuple[int, int, int], KC.ConvPlan | None] = {}
         self.conv_steps: dict[tuple, ConvStep | None] = {}
-        self.table_bounds: dict[int, tuple[int, int]] = {}  # id of a lut's table constant -> its least and greatest entry
+        self.table_bounds: dict[str, tuple[int, int]] = {}  # a lut's table constant -> its least and greatest entry
         self.mvm_runs = self._mvm_runs()
         self.mvm_run_end = dict(self._mvm_spans(_RUN_KEYS))  # first mvm of a run -> the index after it
         self.run_shiftadds = self._run_shiftadds(last, keep)
@@ -541,9 +541,9 @@ class Machine:
         env, consts = self.env, self.consts
         for kind, what, drops in rp.steps:
             if kind == "conv":
-                step, src_name, evkey, plan, home = what
+                step, src_name, evkey, ev_plan, home = what
                 _out, per_dac = self._conv_compute(step, env[src_name])
-                self.fused_pending.setdefault(evkey, []).append((step.P, step.xsize, home, self._dac_ones(plan, per_dac), self.batch))
+                self._pend(evkey, step.P, step.xsize, home, self._dac_ones(ev_plan, per_dac))
             else:
                 fn, srcs, dst, cast = what
                 res = fn(*[env[s] if s in env else consts[s] for s in srcs])
@@ -652,12 +652,18 @@ class Machine:
             sets.append((n, np.array(sel, dtype=np.intp), places[:, :, 0], places[:, :, 1]))
         return sets
 
-    def _pend_events(self, key: tuple, plan: FusedEventsPlan, P: int, itemsize: int, src_name: str, ones: np.ndarray) -> None:
-        """Note one execution of a planned set of mvms (P iterations, dac_ones per row block); the
-        arithmetic on the plan's arrays is done once per run, in flush_events."""
+    def _pend_events(self, key: tuple, plan: FusedEventsPlan, P: int, itemsize: int, src_name: str, ones) -> tuple[int, int]:
+        """Note one execution of a planned set of mvms (P iterations, dac_ones per row block) whose
+        inputs come from buffer ``src_name``; returns that buffer's home."""
         home = self.homes.get(src_name)
         if home is None:  # the host loads model inputs where they are first used
             home = self.homes[src_name] = plan.place0
+        self._pend(key, P, itemsize, home, ones)
+        return home
+
+    def _pend(self, key: tuple, P: int, itemsize: int, home: tuple[int, int], ones) -> None:
+        """Note one execution of a planned set of mvms, its inputs at ``home``; the arithmetic on
+        the plan's arrays is done once per run, in flush_events."""
         self.fused_pending.setdefault(key, []).append((P, itemsize, home, ones, self.batch))
 
     def flush_events(self, stats: list[InstrStats]) -> None:
@@ -823,15 +829,16 @@ class Machine:
         return tab
 
     def _fused_mvm_events(self, first: int, bits: int, P: int, per_dac, itemsize: int,
-                          src_name: str, cols_name: str) -> None:
+                          src_name: str, cols_name: str) -> tuple[int, int]:
         """The events of fused group ``first``'s mvms over P iterations, exactly as the instructions
         count them: from per-crossbar arrays prepared once (rows in use, columns, steps, row blocks),
         scaled by P, and ``per_dac`` (DAC width -> non-zero digits per input element, summed over
         the iterations; or a function that counts them, run on the counting thread: ``_defer``).
-        Accumulated per group; flush_events hands them to the instructions."""
+        Accumulated per group; flush_events hands them to the instructions. Returns the home of
+        the mvms' inputs."""
         plan = self._fused_events_plan(first, bits)
-        self._pend_events((first, bits), plan, P, itemsize, src_name, self._dac_ones(plan, per_dac))
         self.colhomes[cols_name] = dict(plan.colhomes)
+        return self._pend_events((first, bits), plan, P, itemsize, src_name, self._dac_ones(plan, per_dac))
 
     def _dac_ones(self, plan: FusedEventsPlan, per_dac):
         """dac_ones per row block of ``plan`` from ``per_dac`` (as ``_fused_mvm_events`` takes it);
@@ -957,10 +964,9 @@ class Machine:
             self.homes.update(step.homes)
         elif step.has_im2col and src_name in self.homes:
             self.homes[step.cols_name] = self.homes[src_name]
-        self._fused_mvm_events(first, step.bits, step.P, per_dac, step.xsize, step.cols_name, step.colres_name)
+        home = self._fused_mvm_events(first, step.bits, step.P, per_dac, step.xsize, step.cols_name, step.colres_name)
         if self.rec is not None:
             evkey = (first, step.bits)
-            home = self.fused_pending[evkey][-1][2]
             self.rec.append(["conv", (step, src_name, evkey, self.fused_events_plans[evkey], home), []])
         if not again:  # the step's first run: its other events, as the instructions count them
             step.events = self._conv_static_events(i, step)
@@ -975,25 +981,26 @@ class Machine:
         per column and DAC width (as ``_fused_mvm_events`` takes them)."""
         src4 = src if step.has_im2col else src.reshape(*src.shape, 1, 1)
         plan, tables = step.plan, step.tables
-        if len(tables) == 1 and src4.size < DEFER_MIN_ELEMS:  # (counted inline): a small layer's output and
-            # its one DAC width's counts in one compiled call
-            (dac, table), = tables.items()
-            both = KC.run_conv_counting(src4, plan, step.out_dtype, table)
-            if both is not None:
-                out = both[0] if step.out_shape is None else both[0].reshape(step.out_shape)
-                self.env[step.out_name] = out
-                return out, {dac: both[1]}
-        out = KC.run_conv(src4, plan, step.out_dtype)
-        if step.out_shape is not None:
-            out = out.reshape(step.out_shape)
-        self.env[step.out_name] = out
 
         def count() -> dict[int, np.ndarray]:
             return {dac: KC.ones_per_column(src4, plan, tab) for dac, tab in tables.items()}
 
         # large sources are counted on the counting thread; small ones inline, as handing them over
         # costs more (the threads would take turns holding the interpreter lock)
-        return out, (count if src4.size >= DEFER_MIN_ELEMS else count())
+        deferred = src4.size >= DEFER_MIN_ELEMS
+        both = None
+        if not deferred and len(tables) == 1:  # a small layer: its output and its one DAC width's counts together
+            (dac, table), = tables.items()
+            both = KC.run_conv_counting(src4, plan, step.out_dtype, table)
+        if both is not None:
+            out, per_dac = both[0], {dac: both[1]}
+        else:
+            out = KC.run_conv(src4, plan, step.out_dtype)
+            per_dac = count if deferred else count()
+        if step.out_shape is not None:
+            out = out.reshape(step.out_shape)
+        self.env[step.out_name] = out
+        return out, per_dac
 
     def _conv_step(self, i: int, src: np.ndarray) -> ConvStep | None:
         """What conv chain ``i`` needs to run fused on sources of ``src``'s shape and type, checked:
@@ -1553,7 +1560,8 @@ class Machine:
         n = self.pc
         src_name = _need(ins, "src", n)
         src = self.read(src_name)
-        table = self._const(_need(ins, "table", n), f"instruction {n} (lut) table")
+        table_name = _need(ins, "table", n)
+        table = self._const(table_name, f"instruction {n} (lut) table")
         qmin, _ = D.type_range(src.dtype)
         axis = int(_need(ins, "axis", n))
 
@@ -1562,9 +1570,9 @@ class Machine:
 
         res = fn(src)
         dst = _need(ins, "dst", n)
-        tb = self.table_bounds.get(id(table))  # (every result is a table entry)
+        tb = self.table_bounds.get(table_name)  # (every result is a table entry)
         if tb is None:
-            tb = self.table_bounds[id(table)] = (int(table.min()), int(table.max())) if table.size else (0, 0)
+            tb = self.table_bounds[table_name] = (int(table.min()), int(table.max())) if table.size else (0, 0)
         tlo, thi = D.type_range(DTYPES[self.decl(dst).dtype])
         # (entries beyond the destination's type: the values written are checked instead)
         ev = self._digital(ins, dst, res, [src_name], fn, bounds=tb if tlo <= tb[0] and tb[1] <= thi else None)

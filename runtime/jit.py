@@ -1,10 +1,10 @@
 """The simulator's compiled inner loops (numba), for the steps that NumPy can only do as several
 whole-array passes: on the fused fast path, a depthwise layer's multiply-adds with its
-requantization, the requantization of a dense layer's sums and the popcounts of the DAC digits
-(``dac_ones``); on the bit-level path, the
-bit-planes of a crossbar group's inputs, the byte-wise ADC and shift-and-add of its packed
-product, the whole product of a group of sparse columns (``sparse_group``), and the shiftadd of
-the compiler's column runs. The dense products themselves stay BLAS.
+requantization, the requantization of a dense layer's sums, a small layer's im2col matrix, the
+popcounts of the DAC digits (``dac_ones``) and the host's input quantization; on the bit-level
+path, the bit-planes of a crossbar group's inputs, the byte-wise ADC and shift-and-add of its
+packed product, the whole product of a group of sparse columns (``sparse_group``), and the
+shiftadd of the compiler's column runs. The dense products themselves stay BLAS.
 
 Every kernel here is exact integer arithmetic, or binary64 arithmetic proved to give the same
 result (``_requant_line_f64``); the caller proves the bounds that make it so
@@ -15,6 +15,8 @@ their first compilation.
 
 Loops read their operands through slices indexed by the loop variable, never ``a[o + k]`` with
 a computed offset: only then can LLVM prove the index in range and vectorize the loop.
+(``im2col_counts`` is the exception: its runs are a few elements, and each slice costs a
+reference count.)
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ def _popcount(typingctx, x):
         return builder.ctpop(args[0])
 
     return types.uint64(types.uint64), codegen
+
+
+@njit(**_JIT)
+def _digits(table, v):
+    """The non-zero DAC digits of code ``v``: ``table[v]``, or its set bits when ``table`` is empty."""
+    return np.int64(table[v]) if table.size else np.int64(_popcount(np.uint64(v)))
 
 
 @njit(**_JIT)
@@ -103,7 +111,7 @@ def im2col_counts(src, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, pad_value, table,
             for b in range(B):
                 v = np.int64(src[b, c, 0, 0])
                 xt[c, b] = v
-                cnt += np.int64(table[v]) if table.size else np.int64(_popcount(np.uint64(v)))
+                cnt += _digits(table, v)
             ones[c] = cnt
         xt[K] = 1
         return
@@ -121,7 +129,7 @@ def im2col_counts(src, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, pad_value, table,
                             col = wo * sw + j * dw - pl
                             v = np.int64(img[r, col]) if (0 <= r < H and 0 <= col < W) else pv
                             row[(b * Ho + ho) * Wo + wo] = v
-                            cnt += np.int64(table[v]) if table.size else np.int64(_popcount(np.uint64(v)))
+                            cnt += _digits(table, v)
                 ones[k] = cnt
     xt[K] = 1
 
@@ -145,7 +153,7 @@ def window_ones(src, table, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, pad_ones, ou
                         col = wo * sw + j * dw - pl
                         if 0 <= col < W:
                             v = src[b, c, r, col]
-                            s += np.int64(table[v]) if table.size else np.int64(_popcount(np.uint64(v)))
+                            s += _digits(table, v)
                     a[j, r] += s
         for i in range(kh):
             rows_in = 0
