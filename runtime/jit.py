@@ -7,16 +7,18 @@ packed product, the whole product of a group of sparse columns (``sparse_group``
 shiftadd of the compiler's column runs. The dense products themselves stay BLAS.
 
 Every kernel here is exact integer arithmetic, or binary64 arithmetic proved to give the same
-result (``_requant_line_f64``); the caller proves the bounds that make it so
+result (``_requant_f64``); the caller proves the bounds that make it so
 (``kernels_conv.plan_conv``, ``kernels._byte_plan``, ``ShiftaddPlan.exact_for``): the
 accumulator's type holds every partial sum, and ``|sum + bias|·mult < 2^63``. Kernels release
 the GIL, so the runtime's worker threads run them side by side, and are cached on disk after
 their first compilation.
 
-Loops read their operands through slices indexed by the loop variable, never ``a[o + k]`` with
-a computed offset: only then can LLVM prove the index in range and vectorize the loop.
-(``im2col_counts`` is the exception: its runs are a few elements, and each slice costs a
-reference count.)
+Loops index either slices by the loop variable, or whole arrays read flat at unsigned (uint64)
+offsets with an unsigned loop variable: never a signed computed offset ``a[o + k]``, whose
+wraparound test for negative indices keeps LLVM from vectorizing the loop. Kernels that work in
+many short runs (the requantization of 7 x 7 maps, the depthwise sums) take the flat form: a
+view, or a call with array arguments, costs a reference count per array (measured ~20 ns each
+here, 3x the requantization of a 49-sum line).
 """
 
 from __future__ import annotations
@@ -209,42 +211,31 @@ def _requant_int(a, bias, mult, shift, zp, lo, hi):
 
 
 @njit(**_JIT)
-def _requant_line(acc, bias, mult, shift, zp, lo, hi, dst):
-    """dst[w] = ``_requant_int(acc[w], ...)``."""
-    for w in range(dst.size):
-        dst[w] = _requant_int(acc[w], bias, mult, shift, zp, lo, hi)
-
-
-@njit(**_JIT)
-def _requant_line_f64(acc, bias, scale, zp, lo, hi, dst):
-    """``_requant_line``'s result in binary64, dst[w] = clamp(rint((acc[w] + bias)·scale) + zp, lo,
-    hi), where the caller proved it the same (``kernels_conv.plan_conv``): every acc + bias an
-    integer below 2^53, scale = mult·2^−shift exactly, and 2^(53 − shift) ≥ max(|hi − zp|, |zp − lo|)
-    + 2. Then the exact quotient, wherever it is not clamped, has at most 53 significant bits: the
-    product is exact and rint rounds it half to even; where the product rounds, both land past
-    the clamp on the same side. (No 64-bit integer product: 0.44 instead of 0.69 ns a sum here.)"""
-    for w in range(dst.size):
-        dst[w] = _requant_f64(acc[w], bias, scale, zp, lo, hi)
-
-
-@njit(**_JIT)
 def _requant_f64(a, bias, scale, zp, lo, hi):
-    """One sum of ``_requant_line_f64`` (float64 bias, scale, zp, lo, hi)."""
+    """``_requant_int``'s result in binary64, clamp(rint((a + bias)·scale) + zp, lo, hi), where the
+    caller proved it the same (``kernels_conv.plan_conv``): every a + bias an integer below 2^53,
+    scale = mult·2^−shift exactly, and 2^(53 − shift) ≥ max(|hi − zp|, |zp − lo|) + 2. Then the
+    exact quotient, wherever it is not clamped, has at most 53 significant bits: the product is
+    exact and rint rounds it half to even; where the product rounds, both land past the clamp on
+    the same side. (No 64-bit integer product: 0.44 instead of 0.69 ns a sum here.)"""
     return min(max(np.rint((np.float64(a) + bias) * scale) + zp, lo), hi)
 
 
 @njit(**_JIT)
-def _requant_channel_line(acc, bias, mult, shift, fscale, c, zp, lo, hi, dst):
-    """Channel c's line: in binary64 where ``fscale`` (mult·2^−shift per channel) is given, else
-    in integers."""
-    if fscale.size:
-        _requant_line_f64(acc, np.float64(bias[c]), fscale[c], np.float64(zp), np.float64(lo), np.float64(hi), dst)
-    else:
-        _requant_line(acc, bias[c], mult[c], shift[c], zp, lo, hi, dst)
+def _requant_run_f64(src, s0, dst, d0, n, bias, scale, zp, lo, hi):
+    """dst[d0 + w] = ``_requant_f64``(src[s0 + w], ...) for w < n (flat arrays, uint64 offsets and
+    count). Scalars for the channel's parameters, not its arrays: a call takes a reference to each
+    array argument, which cost ~20 ns an array here (7 arrays, once a row of 7 x 7 maps: 3x the
+    requantization itself)."""
+    for w in range(n):
+        dst[d0 + w] = _requant_f64(src[s0 + w], bias, scale, zp, lo, hi)
 
 
-#: lines shorter than this are requantized sum by sum (``requant_block``)
-SHORT_LINE = 8
+@njit(**_JIT)
+def _requant_run_int(src, s0, dst, d0, n, bias, mult, shift, zp, lo, hi):
+    """dst[d0 + w] = ``_requant_int``(src[s0 + w], ...) for w < n, as ``_requant_run_f64``."""
+    for w in range(n):
+        dst[d0 + w] = _requant_int(src[s0 + w], bias, mult, shift, zp, lo, hi)
 
 
 @njit(**_JIT)
@@ -252,59 +243,42 @@ def requant_block(acc, bias, mult, shift, fscale, zp, lo, hi, out, b0, n0, h0):
     """The requantization of a fused layer's block: ``acc`` [n, nb, nh, Wo] exact integer sums
     (any numeric type) into out[b0 + b, n0 + n, h0 : h0 + nh] of the layer's output [B, N, Ho, Wo],
     channel n with bias[n], mult[n], shift[n] (and fscale[n], when the binary64 form is proven).
-    Each (image, channel) is one line of nh·Wo: both arrays are whole C-ordered arrays, so the
-    loop is contiguous and vectorizes."""
+    Each (image, channel) is one run of nh·Wo in both (whole C-ordered arrays)."""
     n, nb, nh, Wo = acc.shape
+    N, Ho = out.shape[1], out.shape[2]
     L = nh * Wo
-    if L < SHORT_LINE:  # (a fully connected layer's lines are one sum: no line's set-up per sum)
-        for c in range(n):
-            for b in range(nb):
-                for h in range(nh):
-                    for w in range(Wo):
-                        a = acc[c, b, h, w]
-                        if fscale.size:
-                            y = _requant_f64(a, np.float64(bias[c]), fscale[c], np.float64(zp), np.float64(lo), np.float64(hi))
-                        else:
-                            y = _requant_int(a, bias[c], mult[c], shift[c], zp, lo, hi)
-                        out[b0 + b, n0 + c, h0 + h, w] = y
-        return
+    a, o = acc.reshape(acc.size), out.reshape(out.size)
+    fz, fl, fh = np.float64(zp), np.float64(lo), np.float64(hi)
     for c in range(n):
         for b in range(nb):
-            dst = out[b0 + b, n0 + c, h0 : h0 + nh].reshape(L)
-            _requant_channel_line(acc[c, b].reshape(L), bias, mult, shift, fscale, c, zp, lo, hi, dst)
+            s0, d0 = np.uint64((c * nb + b) * L), np.uint64((((b0 + b) * N + n0 + c) * Ho + h0) * Wo)
+            if fscale.size:
+                _requant_run_f64(a, s0, o, d0, np.uint64(L), np.float64(bias[c]), fscale[c], fz, fl, fh)
+            else:
+                _requant_run_int(a, s0, o, d0, np.uint64(L), bias[c], mult[c], shift[c], zp, lo, hi)
 
 
 @njit(**_JIT)
 def requant_nchw(src, bias, mult, shift, zp, lo, hi, out, b, q0, q1):
     """A requant instruction to the NCHW layout (isa.md §3.4), for image b's pixels q0..q1:
     out[b, n, q] from src[b·HW + q, n] (``src`` [B·HW, N] exact integers, ``out`` [B, N, HW]),
-    through a small column buffer per 32 pixels, so every line written is contiguous."""
+    through a small column buffer per 32 pixels, so every run written is contiguous."""
     HW, N = out.shape[2], out.shape[1]
     Q = 32
     col = np.empty(Q, dtype=np.int64)
+    o = out.reshape(out.size)
     for a in range(q0, q1, Q):
         m = min(q1, a + Q) - a
-        blk = src[b * HW + a : b * HW + a + m]
         for n in range(N):
             for q in range(m):
-                col[q] = np.int64(blk[q, n])
-            _requant_line(col[:m], bias[n], mult[n], shift[n], zp, lo, hi, out[b, n, a : a + m])
+                col[q] = np.int64(src[b * HW + a + q, n])
+            _requant_run_int(col, np.uint64(0), o, np.uint64((b * N + n) * HW + a), np.uint64(m), bias[n], mult[n], shift[n], zp, lo, hi)
 
 
-@njit(**_JIT)
-def _dw_sums(ph, tp, to, coef, b, c, acc):
-    """acc[:L] = Σ_t coef[c, t]·ph[b, c, tp[t], to[t] : to[t] + L]: one channel's depthwise sums
-    on the stride-phase grid (L = acc.size)."""
-    L = acc.size
-    seg = ph[b, c, tp[0], to[0] : to[0] + L]
-    w = coef[c, 0]
-    for k in range(L):
-        acc[k] = w * seg[k]
-    for t in range(1, tp.size):
-        seg = ph[b, c, tp[t], to[t] : to[t] + L]
-        w = coef[c, t]
-        for k in range(L):
-            acc[k] += w * seg[k]
+#: output rows narrower than this are requantized as the grid's whole run, then copied out
+#: (``depthwise``): measured 960 channels of 7 x 7, 140 against 180 µs; at 28 x 28 and wider, each
+#: row's run requantized in place is the faster
+DW_LINE_MAX_WO = 16
 
 
 @njit(**_JIT)
@@ -313,21 +287,52 @@ def depthwise(ph, tp, to, coef, bias, mult, shift, fscale, zp, lo, hi, Wq, b0, b
     from channel c's phases ``ph`` [B, C, S, Lq], kernel tap t reading phase tp[t] at flat offset
     to[t] + ho·Wq + wo (kernels_conv.run_conv); channel c has coef[c], bias[c], mult[c], shift[c]
     (and fscale[c], when the binary64 requantization is proven).
-    Whole C-ordered arrays and offsets, not views, so every loop is contiguous. The accumulator
-    has coef's type. (bias 0, mult 1, shift 0, zp 0 and int64's range give the sums.)"""
-    Ho, Wo = out.shape[2], out.shape[3]
+    Whole C-ordered arrays, read flat at unsigned offsets. The accumulator has coef's type; three
+    taps a pass over it (a missing third or second tap: weight 0 on tap 0's run). (bias 0, mult 1,
+    shift 0, zp 0 and int64's range give the sums.)"""
+    C, S, Lq = ph.shape[1], ph.shape[2], ph.shape[3]
+    No, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
     L = (Ho - 1) * Wq + Wo
     acc = np.empty(L, dtype=coef.dtype)
-    line = np.empty(L, dtype=out.dtype)  # requantized as one run (the Wq − Wo columns between rows too), then copied out
+    line = np.empty(L, dtype=out.dtype)  # narrow rows: the grid's run requantized (the Wq − Wo columns between rows too)
+    p, o = ph.reshape(ph.size), out.reshape(out.size)
+    offs = np.empty(tp.size, dtype=np.uint64)
+    for t in range(tp.size):
+        offs[t] = tp[t] * Lq + to[t]
+    T = tp.size
+    fz, fl, fh = np.float64(zp), np.float64(lo), np.float64(hi)
     for b in range(b0, b1):
         for c in range(c0, c1):
-            _dw_sums(ph, tp, to, coef, b, c, acc)
-            _requant_channel_line(acc, bias, mult, shift, fscale, c, zp, lo, hi, line)
-            dst = out[b - ob, c - oc]
-            for ho in range(Ho):
-                src, row = line[ho * Wq : ho * Wq + Wo], dst[ho]
-                for w in range(Wo):
-                    row[w] = src[w]
+            base = np.uint64((b * C + c) * S * Lq)
+            zero = coef[c, 0] - coef[c, 0]
+            for g in range(0, T, 3):
+                w0 = coef[c, g]
+                w1 = coef[c, g + 1] if g + 1 < T else zero
+                w2 = coef[c, g + 2] if g + 2 < T else zero
+                q0 = base + offs[g]
+                q1 = base + offs[g + 1] if g + 1 < T else q0
+                q2 = base + offs[g + 2] if g + 2 < T else q0
+                if g == 0:
+                    for k in range(np.uint64(L)):
+                        acc[k] = w0 * p[q0 + k] + w1 * p[q1 + k] + w2 * p[q2 + k]
+                else:
+                    for k in range(np.uint64(L)):
+                        acc[k] += w0 * p[q0 + k] + w1 * p[q1 + k] + w2 * p[q2 + k]
+            d0 = ((b - ob) * No + c - oc) * Ho * Wo
+            narrow = Wo < DW_LINE_MAX_WO
+            # narrow rows: the grid's whole run into ``line``, then copied out; else each row's run in place
+            dst, n = (line, np.uint64(L)) if narrow else (o, np.uint64(Wo))
+            for ho in range(1 if narrow else Ho):
+                s0, t0 = np.uint64(ho * Wq), np.uint64(0 if narrow else d0 + ho * Wo)
+                if fscale.size:
+                    _requant_run_f64(acc, s0, dst, t0, n, np.float64(bias[c]), fscale[c], fz, fl, fh)
+                else:
+                    _requant_run_int(acc, s0, dst, t0, n, bias[c], mult[c], shift[c], zp, lo, hi)
+            if narrow:
+                for ho in range(Ho):
+                    d, a0 = np.uint64(d0 + ho * Wo), np.uint64(ho * Wq)
+                    for w in range(np.uint64(Wo)):
+                        o[d + w] = line[a0 + w]
 
 
 @njit(**_JIT)

@@ -62,7 +62,7 @@ class ConvPlan:
     #: the worst case |sum + bias|·mult reaches 2^63: each block checks its actual sums (max |bias|, max |mult|)
     check: tuple[int, int] | None
     #: mult·2^−shift per channel (float64), where the requantization is proven exact in binary64
-    #: (``jit._requant_line_f64``; then ``check`` is moot); else empty
+    #: (``jit._requant_f64``; then ``check`` is moot); else empty
     fscale: np.ndarray = field(default_factory=lambda: np.empty(0))
     cache: dict = field(default_factory=dict)  # per input shape: the stride-phase taps, ones_per_column's selections
 
@@ -123,7 +123,7 @@ def plan_conv(lm: LayerMatrix, bits: int, kernel, stride, pad, dilation, pad_val
 
 
 def binary64_scales(bmax: int, mult: np.ndarray, shift: np.ndarray, zp: int, lo: int, hi: int) -> np.ndarray:
-    """mult·2^−shift per channel (float64) where binary64 requantizes exactly (``jit._requant_line_f64``):
+    """mult·2^−shift per channel (float64) where binary64 requantizes exactly (``jit._requant_f64``):
     every |sum + bias| <= bmax below 2^53, every |mult| below 2^53 (so the scales are exact),
     the clamp's bounds below 2^53, and 2^(53 − shift) ≥ max(|hi − zp|, |zp − lo|) + 2; else empty."""
     far = max(abs(hi - zp), abs(zp - lo)) + 2

@@ -361,18 +361,22 @@ def test_binary64_requantization_equals_the_integer_one_where_proved(shift, mult
         return min(max(q + zp, lo), hi)
 
     got = np.empty(acc.size, dtype=np.int64)
-    JIT._requant_channel_line(acc, b, m, s, fscale, 0, zp, lo, hi, got)
+    n0 = np.uint64(0)
+    JIT._requant_run_f64(acc, n0, got, n0, np.uint64(acc.size), float(bias), float(fscale[0]), float(zp), float(lo), float(hi))
     np.testing.assert_array_equal(got, [exact(int(v)) for v in acc])
     forms = [fscale]
     if (lim + abs(bias)) * abs(mult) < (1 << 63):  # and the integer line's, where its product fits int64
         want = np.empty(acc.size, dtype=np.int64)
-        JIT._requant_channel_line(acc, b, m, s, np.empty(0), 0, zp, lo, hi, want)
+        JIT._requant_run_int(acc, n0, want, n0, np.uint64(acc.size), bias, mult, shift, zp, lo, hi)
         np.testing.assert_array_equal(got, want)
         forms.append(np.empty(0))
-    for f in forms:  # requant_block's lines of one sum (a fully connected layer's: sum by sum)
-        short = np.empty((acc.size, 1, 1, 1), dtype=np.int64)
-        JIT.requant_block(acc.reshape(1, -1, 1, 1), b, m, s, f, zp, lo, hi, short, 0, 0, 0)
-        np.testing.assert_array_equal(short.reshape(-1), got)
+    for f in forms:  # requant_block, in lines of one sum (a fully connected layer's) and in 4 channels' lines of 1,000,
+        for shape in ((acc.size, 1, 1, 1), (4, 1, 1, acc.size // 4)):  # into image 1, channels 1.., row 1 of its output
+            n = shape[0]
+            block = np.full((2, n + 1, 2, shape[3]), -7, dtype=np.int64)
+            JIT.requant_block(acc.reshape(shape), *(np.repeat(v, n) for v in (b, m, s, f)), zp, lo, hi, block, 1, 1, 1)
+            np.testing.assert_array_equal(block[1, 1:, 1].reshape(-1), got)
+            assert np.count_nonzero(block == -7) == block.size - acc.size or -7 in got
 
 
 def test_one_image_runs_leave_the_products_to_blas_only_where_every_layer_is_fused(monkeypatch):
