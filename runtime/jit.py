@@ -137,6 +137,19 @@ def im2col_counts(src, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, pad_value, table,
 
 
 @njit(**_JIT)
+def digits_f32(src, table, out):
+    """out[k] = the non-zero DAC digits of code src[k] (both whole arrays, read flat; ``out``
+    float32): ``table`` [code], or its set bits when ``table`` is empty (``_digits``)."""
+    s, o = src.reshape(src.size), out.reshape(out.size)
+    if table.size:
+        for k in range(np.uint64(s.size)):
+            o[k] = table[s[k]]
+    else:
+        for k in range(np.uint64(s.size)):
+            o[k] = np.float32(_popcount(np.uint64(s[k])))
+
+
+@njit(**_JIT)
 def window_ones(src, table, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, pad_ones, out):
     """out[(c·kh + i)·kw + j] = the non-zero DAC digits of im2col column (c, i, j) over every window
     of ``src`` [B, C, H, W] (codes): ``table`` [code] the digits of each code, or empty for set
@@ -538,7 +551,7 @@ def _spread_block(xt, p0, p1, T, v, spt, nzc, sp, pop):
 
 
 @njit(**_JIT)
-def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, smask, tgt, cf, out, sums, PB, wu, wi):
+def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, smask, exact, tgt, cf, out, sums, PB, wu, wi):
     """The bit-level mvm of a crossbar group with sparse columns (``kernels_sparse``) on
     iterations q0..q1 of ``xt`` [R, P] (uint8 codes of the group's used rows, row by row: the
     transpose of the mvm's source columns), its ADC and shift-and-add,
@@ -549,7 +562,11 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
     left per word. Blocks of PB iterations; results of one target add up in a local block
     before they go to ``sums``. ``wu``, ``wi``: uint64 and int64 scratch of at least
     (words·(R + 1) + 1)·PB and (2·C + 18)·PB elements (reused across calls: a fresh
-    half-megabyte each call would cost its page faults). Returns how many digits are non-zero."""
+    half-megabyte each call would cost its page faults). Returns how many digits are non-zero.
+
+    A column with exact[c] (no read of it can reach its ADC's threshold, nor lose a bit) is its
+    exact product instead, with no lanes: bg[c]·Σ_r x_r + Σ_e ev[e]·x[erow[e]], x the codes' low
+    T·v bits (the digits the steps apply), which is what its steps shift-add to."""
     R = xt.shape[0]
     nl = 64 // Lb
     NW = -(-T // nl)
@@ -567,6 +584,11 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
     acc = wu[a + b : a + b + PB]
     res = wi[:PB]
     L = wi[PB : PB + (nt if local else 0) * PB].reshape((nt if local else 0, PB))
+    xs = wi[PB + (nt if local else 0) * PB : (2 + (nt if local else 0)) * PB]  # the block's Σ_r x_r (exact columns)
+    any_exact = False
+    for c in range(C):
+        any_exact |= exact[c] != 0
+    xmask = np.int64((1 << (T * v)) - 1)
     low, top = np.uint64(0), np.uint64(0)
     for l in range(nl):
         low |= np.uint64((1 << (Lb - 1)) - 1) << np.uint64(Lb * l)
@@ -591,9 +613,24 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
         for j in range(L.shape[0]):
             for i in range(n):
                 L[j, i] = 0
+        if any_exact:
+            for i in range(n):
+                xs[i] = 0
+            for r in range(R):
+                src = xt[r, p0:p1]
+                for i in range(n):
+                    xs[i] += np.int64(src[i]) & xmask
         for c in range(C):
             hm, th, kp = HM[c], TH[c], KP[c]
-            for k in range(NW):
+            if exact[c]:
+                bx = np.int64(bg[c])
+                for i in range(n):
+                    res[i] = bx * xs[i]
+                for e in range(ptr[c], ptr[c + 1]):
+                    ex, src = np.int64(ev[e]), xt[erow[e], p0:p1]
+                    for i in range(n):
+                        res[i] += ex * (np.int64(src[i]) & xmask)
+            for k in range(0 if exact[c] else NW):
                 b, pk = bg[c], pop[k]
                 for i in range(n):
                     acc[i] = b * pk[i]
@@ -634,9 +671,8 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
             elif t <= -2:
                 for i in range(n):
                     out[p0 + i, -2 - t] = res[i]
-        if local:
+        if local:  # (indexed, not a view of each row: a view costs a reference count)
             for i in range(n):
-                srow = sums[p0 + i, tmin : tmin + nt]
                 for j in range(nt):
-                    srow[j] += L[j, i]
+                    sums[p0 + i, tmin + j] += L[j, i]
     return ones

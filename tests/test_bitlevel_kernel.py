@@ -92,6 +92,8 @@ def cases(draw):
         src = np.minimum(rng.geometric(0.3, size=(P, K_in)) - 1, hi - 1)
         src[rng.random(src.shape) < 0.4] = 0
     dtype = draw(st.sampled_from([np.uint8, np.int64, np.int32]))
+    if dtype is not np.uint8 and draw(st.booleans()):  # signed codes: the digits of their two's complement
+        src = src - (hi >> 1)
     return src.astype(dtype), images, table, adcs, cell_bits, bits, dac_bits
 
 
@@ -155,8 +157,9 @@ def _depthwise_group(rng, channels=14, taps=9, slices=4):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sparse_product_on_a_depthwise_crossbar(workers):
     """The sparse product is chosen by its cost model for a depthwise crossbar (6-bit saturating
-    ADC, so reads saturate), equals the spec, and takes a fused shiftadd exactly as the stored
-    column results would be added."""
+    ADC, so reads saturate), equals the spec (its columns that cannot saturate as exact products,
+    the others in lanes), and takes a fused shiftadd exactly as the stored column results would
+    be added."""
     rng = np.random.default_rng(5)
     img = _depthwise_group(rng)
     rows, K_in = img.shape[0], 300
@@ -164,7 +167,11 @@ def test_sparse_product_on_a_depthwise_crossbar(workers):
     src = _relu_like(rng, 700, K_in)
     src[:40] = 255  # every row's every digit: the top slice saturates
     g = _check(src, [img], table, [(6, "saturate")], 2, 8, 1, workers=workers)
-    assert g.sparse_plan(8, 1) is not None
+    plan = g.sparse_plan(8, 1)
+    assert plan is not None
+    # the lower slices (at most 9·3 per read) cannot reach 63: their exact products; the top slice's lanes
+    np.testing.assert_array_equal(plan.exact, (img.sum(axis=0) <= 63).astype(np.uint8))
+    assert 0 < plan.exact.sum() < img.shape[1]
     res, _ = K.mvm_group(src, g, 8, 1)
     assert (res[:40, 3] == 63 * 255).all()  # saturated at every step
     C = img.shape[1]

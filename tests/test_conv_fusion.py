@@ -142,10 +142,10 @@ def test_run_conv_covers_each_product_and_requantization_form(monkeypatch):
 
 
 @SETTINGS
-@given(layers(), st.sampled_from([1, 2, 3]), st.booleans())
-def test_ones_per_column_equals_im2col_popcount(case, dac, compiled):
-    """(``compiled``: small sources counted in one compiled call, ``jit.window_ones``; else by the
-    selection products, as large ones are.)"""
+@given(layers(), st.sampled_from([1, 2, 3]), st.sampled_from(["window", "masks", "separable"]))
+def test_ones_per_column_equals_im2col_popcount(case, dac, path):
+    """Each way of counting: small sources in one compiled call (``jit.window_ones``), small maps
+    by one product with the taps' window masks, else the separable selection products."""
     src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
     lm = K.LayerMatrix(Wm, bits)
     plan = KC.plan_conv(lm, bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, 0, 255)
@@ -156,7 +156,8 @@ def test_ones_per_column_equals_im2col_popcount(case, dac, compiled):
     cols, _ = _im2col(src.astype(np.int64), kernel, stride, pad, dil, pv)
     per_code = K.digit_nonzero_table(bits, dac, T)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(KC, "WINDOW_ONES_MAX", 1 << 30 if compiled else 0)
+        mp.setattr(KC, "WINDOW_ONES_MAX", 1 << 30 if path == "window" else 0)
+        mp.setattr(KC, "MASK_PRODUCT_MAX_HW", 1 << 30 if path == "masks" else 0)
         got = KC.ones_per_column(src, plan, table)
     np.testing.assert_array_equal(got, per_code[cols].sum(axis=0))
 
@@ -204,7 +205,8 @@ def test_ones_by_word_popcounts_equals_im2col_popcount(B, C, W, H, kh, kw, sw, s
     cols, _ = _im2col(src.astype(np.int64), (kh, kw), (sh, sw), pad, (dil, dil), pv)
     want = np.bitwise_count(cols.astype(np.uint8)).sum(axis=0)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(KC, "WINDOW_ONES_MAX", 0)  # (these sizes are otherwise counted by jit.window_ones)
+        mp.setattr(KC, "WINDOW_ONES_MAX", 0)  # (these sizes are otherwise counted by jit.window_ones,
+        mp.setattr(KC, "MASK_PRODUCT_MAX_HW", 0)  # or by the window masks' product)
         np.testing.assert_array_equal(KC.ones_per_column(src, plan, None), want)
     words = KC._ones_by_word_popcounts(src, plan, *KC.out_hw(plan, H, W), int(np.bitwise_count(np.uint8(pv))))
     assert (words is None) == (sw == 3 or W % 8 != 0 or plan.cache[("words", H, W)] is False)
