@@ -293,10 +293,16 @@ def run_conv(src: np.ndarray, plan: ConvPlan, out_dtype) -> np.ndarray:
 
 
 #: most elements of the im2col matrix, with its row of ones (B·Ho·Wo·(K + 1)), for which
-#: ``run_conv_counting`` builds it in one compiled call with the layer's DAC-digit counts:
-#: measured against ``run_conv`` and ``ones_per_column`` (stride 1, 3 x 3), 38 instead of 61 µs at
-#: ~14,000 (the example's second layer), 740 instead of 890 µs at ~450,000; at stride 2 or 1 x 1 the same
-ONE_CALL_MAX = 1 << 19
+#: ``run_conv_counting`` builds it in one compiled call with the layer's DAC-digit counts; and the
+#: most for a layer with a window, or with fewer inputs than outputs per position (K < N).
+#: Measured against ``run_conv`` and ``ones_per_column`` on MobileNetV2's and the example's layers:
+#: always faster up to ~30,000 elements (the example's at batch 1: 21 against 40 µs at ~14,000);
+#: beyond, faster for 3 x 3 windows (the example's at batch 8: 151 against 174 µs at ~114,000)
+#: and where K < N (16 to 96 channels at 112 x 112: 840 against 920 µs), slower for the other
+#: 1 x 1 layers (960 to 160 channels at 7 x 7: 173 against 151 µs) and past ~300,000 (3 to 32
+#: channels at 224 x 224, 3 x 3, stride 2: 708 against 644 µs)
+ONE_CALL_MAX = 1 << 15
+ONE_CALL_WIDE_MAX = 1 << 18
 
 
 def run_conv_counting(src: np.ndarray, plan: ConvPlan, out_dtype, table: np.ndarray | None):
@@ -313,7 +319,9 @@ def run_conv_counting(src: np.ndarray, plan: ConvPlan, out_dtype, table: np.ndar
     K = C * plan.kernel[0] * plan.kernel[1]
     elems = B * Ho * Wo * (K + 1)
     # (a product that run_conv would share among the worker threads keeps run_conv)
-    if elems > ONE_CALL_MAX or elems * plan.N >= PARALLEL_MIN_WORK or not 0 <= plan.pad_value < (1 << 16):
+    wide = K < plan.N or plan.kernel != (1, 1)
+    if (elems > (ONE_CALL_WIDE_MAX if wide else ONE_CALL_MAX) or elems * plan.N >= PARALLEL_MIN_WORK
+            or not 0 <= plan.pad_value < (1 << 16)):
         return None
     xt = np.empty((K + 1, B * Ho * Wo), dtype=np.float32)
     ones = np.empty(K, dtype=np.int64)

@@ -4,8 +4,9 @@
   product, per-crossbar ADC) against §3.2 computed one step at a time with int64 arithmetic;
 - ``kernels.ShiftaddPlan`` (the prepared gather-and-sum column map) against §3.3 column by column;
 - ``kernels.LayerMatrix.apply`` (K-chunked exact float32 SGEMM) against an exact integer product;
-- whole runs: a cached Machine gives the same outputs and counters on a second run, and chunks
-  replayed from a recorded one (``executor.Replay``) give what the interpreter gives;
+- whole runs: a cached Machine gives the same outputs and counters on a second run, chunks
+  replayed from a recorded one (``executor.Replay``) give what the interpreter gives, and a
+  bit-level layer's groups shared among threads give what one thread gives;
 - a global average pool (summed per map) against Python integers.
 """
 
@@ -452,3 +453,30 @@ def test_global_average_pool_equals_python_integers(dtype, B, H, W, zin, m, shif
         q, r = divmod(num, den)
         q += 1 if 2 * r > den or (2 * r == den and q % 2) else 0
         assert want == min(max(q + 5, -1000), 1000)
+
+
+def test_bit_level_groups_shared_among_threads_equal_one_thread(monkeypatch):
+    """A bit-level layer's crossbar groups (its row blocks, which add into the same outputs) run
+    side by side on the worker threads, each thread adding into sums of its own: the example's
+    outputs and every counter equal a run on one thread, and a helper thread did run products."""
+    import threading  # noqa: PLC0415
+
+    from test_conv_fusion import _example_program  # noqa: PLC0415
+
+    from runtime.executor import run_program  # noqa: PLC0415
+
+    program, x = _example_program()
+    monkeypatch.setattr(K, "WORKERS", 1)
+    want, rw = run_program(program, x, fast_path=False)
+    threads: set[int] = set()
+    product = K.mvm_group
+    monkeypatch.setattr(K, "mvm_group", lambda *a, **k: threads.add(threading.get_ident()) or product(*a, **k))
+    monkeypatch.setattr(K, "WORKERS", 2)
+    monkeypatch.setattr(K, "PARALLEL_MIN_WORK", 0)
+    for _ in range(3):  # (a helper may wake too late to take a product in one run)
+        got, rg = run_program(program, x, fast_path=False)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+        assert rg["counters"] == rw["counters"] and rg["energy_j"] == rw["energy_j"]
+        assert [la["counters"] for la in rg["layers"]] == [la["counters"] for la in rw["layers"]]
+    assert len(threads) == 2
