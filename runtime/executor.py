@@ -232,6 +232,8 @@ class Machine:
         self.layer_mats: dict[tuple[int, int], K.LayerMatrix | None] = {}
         self.sa_plans: dict[tuple[str, int, int], K.ShiftaddPlan] = {}
         self.sa_active: dict[str, int] = {}
+        #: a fused bit-level layer's shiftadd events and its sums' home, per (shiftadd, P, batch, bytes)
+        self.sa_events: dict[tuple, tuple[dict[str, int], tuple[int, int]]] = {}
         self.fused_static: dict[int, tuple | None] = {}
         #: (first mvm, bits) of a fused layer, or ("group", mvms, bits) of a bit-level crossbar group
         self.fused_events_plans: dict[tuple, FusedEventsPlan] = {}
@@ -1368,36 +1370,48 @@ class Machine:
         kept = np.zeros((P, stored.size), dtype=np.int64)  # the columns the unit terms read, side by side
         self.colhomes[cols_name] = {}
         sums = np.zeros((P, plan.n_out), dtype=np.int64)
-        ones: dict[bytes, int] = {}  # row table -> dac_ones (the same for every crossbar reading those rows)
-        for m, xb, c0 in fast:  # lossless crossbars: their exact product, taken by the shiftadd at once
-            self.pc, self.instr = m, self.instrs[m]
-            rows = xb.row_idx.tobytes()
-            res, events = K.mvm(src2d, xb, bits, dac, self.instrs[m].fields["order"], True, ones.get(rows))
-            ones[rows] = events["dac_ones"]
-            JIT.columns_into_sums(res, tgt[c0 : c0 + xb.cols], cf[c0 : c0 + xb.cols], kept, sums)
-            self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac, True, res, events, store=False), stats)
-        # the groups' products side by side on the worker threads, each thread adding into sums
-        # of its own (groups of row blocks add into the same outputs; the stored columns of
+        # the lossless crossbars' exact products (by row table: dac_ones once for each table) and
+        # the bit-level groups' products, side by side on the worker threads, each thread adding
+        # into sums of its own (row blocks add into the same outputs; the stored columns of
         # different crossbars are different columns of ``kept``). One image's products are too
         # small to split one by one (MobileNetV2, one image, 6-bit ADC: 160 ms on two threads
         # against 156 on one); side by side, 150–160 against 164–168 ms before
+        by_rows: dict[bytes, list] = {}
+        for m, xb, c0 in fast:
+            by_rows.setdefault(xb.row_idx.tobytes(), []).append((m, xb, c0))
+        items = [(True, v) for v in by_rows.values()] + [(False, g) for g in groups]
         partial: dict[int, np.ndarray] = {}
         main = threading.get_ident()
 
-        def product(item) -> int:
-            _members, g, c0 = item
+        def product(item):
+            exact, what = item
             me = threading.get_ident()
             own = sums if me == main else partial.get(me)
             if own is None:
                 own = partial[me] = np.zeros_like(sums)
-            C = int(g.offsets[-1])
-            return K.mvm_group(src2d, g, bits, dac, out=kept, shiftadd=(tgt[c0 : c0 + C], cf[c0 : c0 + C], own))[1]
+            if not exact:
+                _members, g, c0 = what
+                C = int(g.offsets[-1])
+                return K.mvm_group(src2d, g, bits, dac, out=kept, shiftadd=(tgt[c0 : c0 + C], cf[c0 : c0 + C], own))[1]
+            done, ones = [], None
+            for m, xb, c0 in what:
+                res, events = K.mvm(src2d, xb, bits, dac, self.instrs[m].fields["order"], True, ones)
+                ones = events["dac_ones"]
+                JIT.columns_into_sums(res, tgt[c0 : c0 + xb.cols], cf[c0 : c0 + xb.cols], kept, own)
+                done.append(events)
+            return done
 
-        if groups:
-            self.pc, self.instr = groups[0][0][0], self.instrs[groups[0][0][0]]
-        work = P * sum(g.rows_used * int(g.offsets[-1]) for _m, g, _c in groups) * -(-bits // dac)
-        for (members, _g, _c0), dac_ones in zip(groups, K._map(product, groups, work=work)):
-            self._group_events(members, bits, src2d, dac_ones)
+        self.pc, self.instr = first, self.instrs[first]
+        work = P * -(-bits // dac) * (sum(g.rows_used * int(g.offsets[-1]) for _m, g, _c in groups)
+                                       + sum(xb.rows_used * xb.cols for _m, xb, _c in fast))
+        for (exact, what), done in zip(items, K._map(product, items, work=work)):
+            if not exact:
+                self._group_events(what[0], bits, src2d, done)
+                continue
+            for (m, xb, _c0), events in zip(what, done):  # (their results are in the sums already, and
+                self.pc, self.instr = m, self.instrs[m]  # the i64 column buffer holds any: _run_fusion)
+                self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac, True, _NO_RESULTS, events, store=False),
+                             stats)
         for extra in partial.values():
             sums += extra
         sa_ins = self.instrs[sa]
@@ -1406,7 +1420,15 @@ class Machine:
         out = self.write(sa_ins.fields["dst"], sums)
         if out is sums:  # |sum| <= (largest column result)·Σ|coefficients of an output| (exact_for)
             self.vbounds[sa_ins.fields["dst"]] = (out, -vmax * plan.coef_bound, vmax * plan.coef_bound)
-        stats[sa].add(self._shiftadd_events(sa_ins, cols_name, P, DTYPES[cdecl.dtype].itemsize, out.nbytes))
+        key = (sa, P, self.batch, out.nbytes)
+        cached = self.sa_events.get(key)
+        if cached is None:
+            events = self._shiftadd_events(sa_ins, cols_name, P, DTYPES[cdecl.dtype].itemsize, out.nbytes)
+            if self.colhomes.get(cols_name):  # then its events and the sums' home follow from this layer's plan alone
+                self.sa_events[key] = (events, self.homes[sa_ins.fields["dst"]])
+        else:
+            events, self.homes[sa_ins.fields["dst"]] = cached
+        stats[sa].add(events)
         return sa + 1
 
     def op_shiftadd(self, ins: Instr, fast: bool):
@@ -1906,6 +1928,7 @@ def run_program(
     return outputs, report
 
 
+_NO_RESULTS = np.empty((0, 0), dtype=np.int64)  # (``_mvm_post`` of results a fused shiftadd took)
 _BLAS_CONTROLLER: list = []  # the threadpoolctl controller, found once (finding the libraries is slow)
 _COUNTER: list = []  # the counting thread's executor (``Machine._defer``), started once
 #: whether chunks on the fast path replay the record of an earlier chunk of the same shapes
