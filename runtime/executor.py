@@ -795,8 +795,9 @@ class Machine:
             if sdecl is not None and ddecl is not None:
                 st, dt = DTYPES[sdecl.dtype], DTYPES[ddecl.dtype]
                 one = np.ones(1, dtype=np.int64)
-                _warm(("requant", st.str, dt.str), JIT.requant_nchw, np.zeros((1, 1), dtype=st), one, one, one, 0, 0, 0,
-                      np.zeros((1, 1, 1), dtype=dt), 0, 0, 1)
+                for fscale in (np.empty(0), np.ones(1)):
+                    _warm(("requant", st.str, dt.str, fscale.size), JIT.requant_nchw, np.zeros((1, 1), dtype=st), one, one, one,
+                          fscale, 0, 0, 0, np.zeros((1, 1, 1), dtype=dt), 0, 0, 1)
         _warm("block_sums", JIT.block_sums, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.intp), np.zeros(1, dtype=np.intp),
               np.zeros(1, dtype=np.intp), np.zeros(1, dtype=np.int64))  # (the fused layers' dac_ones per row block)
         for p in self.program.inputs:  # the host's input quantization, per input type
@@ -1540,9 +1541,10 @@ class Machine:
         return {"digital_ops": out.size, "buffer_read_bytes": src.nbytes, "buffer_write_bytes": out.nbytes}
 
     def _requant_nchw_int64(self, src, bias, mult, shift, zp, lo, hi, sb, HW, out_dtype) -> np.ndarray | None:
-        """requant to NCHW as one compiled int64 pass (``jit.requant_nchw``) where every
-        (src + bias)·mult is proved below 2^63 (from the source's known bound, else a scan);
-        [B, N, HW], or None (then the general path)."""
+        """requant to NCHW as one compiled pass (``jit.requant_nchw``) where every (src + bias)·mult
+        is proved below 2^63 (from the source's known bound, else a scan), in binary64 where that
+        is proved the same (``kernels_conv.binary64_scales``); [B, N, HW], or None (then the
+        general path)."""
         if src.dtype.kind not in "iu" or not src.flags.c_contiguous or not src.size:
             return None
         if sb is None:
@@ -1556,7 +1558,8 @@ class Machine:
         out = np.empty((B, N, HW), dtype=out_dtype)
         step = max(1, (1 << 16) // max(N, 1))
         items = [(b, q0, min(HW, q0 + step)) for b in range(B) for q0 in range(0, HW, step)]
-        K._map(lambda it: JIT.requant_nchw(src, bias, mult, shift, zp, lo, hi, out, *it), items, work=out.size,
+        fscale = KC.binary64_scales(amax, mult, shift, zp, lo, hi)
+        K._map(lambda it: JIT.requant_nchw(src, bias, mult, shift, fscale, zp, lo, hi, out, *it), items, work=out.size,
                min_work=K.PARALLEL_MIN_ELEMS)
         return out
 

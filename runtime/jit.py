@@ -272,20 +272,34 @@ def requant_block(acc, bias, mult, shift, fscale, zp, lo, hi, out, b0, n0, h0):
 
 
 @njit(**_JIT)
-def requant_nchw(src, bias, mult, shift, zp, lo, hi, out, b, q0, q1):
+def requant_nchw(src, bias, mult, shift, fscale, zp, lo, hi, out, b, q0, q1):
     """A requant instruction to the NCHW layout (isa.md §3.4), for image b's pixels q0..q1:
-    out[b, n, q] from src[b·HW + q, n] (``src`` [B·HW, N] exact integers, ``out`` [B, N, HW]),
-    through a small column buffer per 32 pixels, so every run written is contiguous."""
+    out[b, n, q] from src[b·HW + q, n] (``src`` [B·HW, N] exact integers, ``out`` [B, N, HW],
+    both whole arrays, read flat), in binary64 where ``fscale`` (mult·2^−shift per channel) is
+    given (``_requant_f64``), else in integers. Each pixel's N sums are requantized along the
+    row (every channel's parameters side by side), into a block of 32 pixels, then written out
+    channel by channel: 1.45 → 0.9 ns a sum against requantizing each channel's column."""
     HW, N = out.shape[2], out.shape[1]
     Q = 32
-    col = np.empty(Q, dtype=np.int64)
-    o = out.reshape(out.size)
+    blk = np.empty(Q * N, dtype=out.dtype)
+    s, o = src.reshape(src.size), out.reshape(out.size)
+    fb = bias.astype(np.float64)
+    fz, fl, fh = np.float64(zp), np.float64(lo), np.float64(hi)
+    n_ = np.uint64(N)
     for a in range(q0, q1, Q):
         m = min(q1, a + Q) - a
-        for n in range(N):
-            for q in range(m):
-                col[q] = np.int64(src[b * HW + a + q, n])
-            _requant_run_int(col, np.uint64(0), o, np.uint64((b * N + n) * HW + a), np.uint64(m), bias[n], mult[n], shift[n], zp, lo, hi)
+        for q in range(m):
+            s0, t0 = np.uint64((b * HW + a + q) * N), np.uint64(q * N)
+            if fscale.size:
+                for n in range(n_):
+                    blk[t0 + n] = _requant_f64(s[s0 + n], fb[n], fscale[n], fz, fl, fh)
+            else:
+                for n in range(n_):
+                    blk[t0 + n] = _requant_int(s[s0 + n], bias[n], mult[n], shift[n], zp, lo, hi)
+        for n in range(n_):
+            d0 = np.uint64((b * N) * HW + a) + n * np.uint64(HW)
+            for q in range(np.uint64(m)):
+                o[d0 + q] = blk[q * n_ + n]
 
 
 #: output rows narrower than this are requantized as the grid's whole run, then copied out

@@ -298,12 +298,17 @@ def test_requant_with_a_proven_bound_equals_requant_without(P, N, seed, cm, out_
     # the compiled requant to NCHW (executor's requant instruction, int64 where proved exact): P = B·HW
     from runtime import jit as JIT  # noqa: PLC0415
 
+    # and in binary64, where binary64_scales proves it the same
+    from runtime import kernels_conv as KC  # noqa: PLC0415
+
     if vmax < (1 << 40):  # (1000 + 2^40)·2^15 passes 2^63: that case takes kernels.requant
         HW = next(d for d in (7, 5, 3, 2, 1) if P % d == 0)
-        nchw = np.empty((P // HW, N, HW), dtype=np.dtype(np.int64 if out_dtype is None else out_dtype))
-        for bi in range(P // HW):
-            JIT.requant_nchw(src, bias, mult, shift, zp, lo, hi, nchw, bi, 0, HW)
-        assert (nchw.transpose(0, 2, 1).reshape(P, N).astype(object) == want).all()
+        fscale = KC.binary64_scales(vmax + 1000, mult, shift, zp, lo, hi)
+        for f in (np.empty(0), fscale) if fscale.size else (np.empty(0),):
+            nchw = np.empty((P // HW, N, HW), dtype=np.dtype(np.int64 if out_dtype is None else out_dtype))
+            for bi in range(P // HW):
+                JIT.requant_nchw(src, bias, mult, shift, f, zp, lo, hi, nchw, bi, 0, HW)
+            assert (nchw.transpose(0, 2, 1).reshape(P, N).astype(object) == want).all()
 
 
 def test_map_shares_items_between_threads_in_order_and_raises_a_failure(monkeypatch):
