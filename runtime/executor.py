@@ -232,6 +232,9 @@ class Machine:
         self.layer_mats: dict[tuple[int, int], K.LayerMatrix | None] = {}
         self.sa_plans: dict[tuple[str, int, int], K.ShiftaddPlan] = {}
         self.sa_active: dict[str, int] = {}
+        #: a requant instruction's (bias, mult, shift) as given and as whole int64 vectors, per (index, channels)
+        self.rq_consts: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+        self.rq_scales: dict[int, tuple] = {}  # _requant_nchw_int64's last binary64 scales and their bound, per vectors
         #: a fused bit-level layer's shiftadd events and its sums' home, per (shiftadd, P, batch, bytes)
         self.sa_events: dict[tuple, tuple[dict[str, int], tuple[int, int]]] = {}
         self.fused_static: dict[int, tuple | None] = {}
@@ -1497,15 +1500,19 @@ class Machine:
         if src.ndim != 2:
             raise ProgramError(f"instruction {n} (requant): source must be [P, N], got {list(src.shape)}")
         N = src.shape[1]
-        vecs = []
-        for key in ("bias", "mult", "shift"):
-            v = np.asarray(self._const(_need(ins, key, n), f"instruction {n} (requant) {key}"), dtype=np.int64).reshape(-1)
-            if v.size not in (1, N):
-                raise ProgramError(f"instruction {n} (requant): {key} has {v.size} entries for {N} channels")
-            vecs.append(v)
-        bias, mult, shift = vecs
-        if shift.min() < 0 or shift.max() > 62:
-            raise ProgramError(f"instruction {n} (requant): shifts must lie in [0, 62]")
+        consts = self.rq_consts.get((n, N))
+        if consts is None:  # (checked once per instruction and width)
+            vecs = []
+            for key in ("bias", "mult", "shift"):
+                v = np.asarray(self._const(_need(ins, key, n), f"instruction {n} (requant) {key}"), dtype=np.int64).reshape(-1)
+                if v.size not in (1, N):
+                    raise ProgramError(f"instruction {n} (requant): {key} has {v.size} entries for {N} channels")
+                vecs.append(v)
+            if vecs[2].min() < 0 or vecs[2].max() > 62:
+                raise ProgramError(f"instruction {n} (requant): shifts must lie in [0, 62]")
+            # (whole per-channel vectors, writable: one kernel type for jit.requant_nchw)
+            consts = self.rq_consts[(n, N)] = (*vecs, *(np.array(np.broadcast_to(v, (N,)), dtype=np.int64) for v in vecs))
+        bias, mult, shift = consts[:3]
         layout = _need(ins, "layout", n)
         cm = layout == "nchw" and src.shape[0] > N  # channel-major arithmetic, then the NCHW layout directly
         decl = self.decl(dst_name)
@@ -1520,7 +1527,7 @@ class Machine:
             Ho, Wo = (int(v) for v in _need(ins, "out_hw", n))
             if Ho * Wo <= 0 or src.shape[0] % (Ho * Wo):
                 raise ProgramError(f"instruction {n} (requant): {src.shape[0]} rows are not a whole number of {Ho}x{Wo} maps")
-            y = self._requant_nchw_int64(src, bias, mult, shift, zp, lo, hi, sb, Ho * Wo, odt)
+            y = self._requant_nchw_int64(src, *consts[3:], zp, lo, hi, sb, Ho * Wo, odt)
             if y is not None:
                 y = y.reshape(-1, N, Ho, Wo)
             else:
@@ -1550,7 +1557,6 @@ class Machine:
         if sb is None:
             sb = (int(src.min()), int(src.max()))
         N = src.shape[1]
-        bias, mult, shift = (np.array(np.broadcast_to(v, (N,)), dtype=np.int64) for v in (bias, mult, shift))  # (writable: one kernel type)
         amax = max(-sb[0], sb[1]) + int(np.abs(bias).max())
         if amax * int(np.abs(mult).max()) >= (1 << 63):
             return None
@@ -1558,7 +1564,11 @@ class Machine:
         out = np.empty((B, N, HW), dtype=out_dtype)
         step = max(1, (1 << 16) // max(N, 1))
         items = [(b, q0, min(HW, q0 + step)) for b in range(B) for q0 in range(0, HW, step)]
-        fscale = KC.binary64_scales(amax, mult, shift, zp, lo, hi)
+        # the last scales of these vectors (rq_consts' own, kept as long as the Machine), while the bound holds
+        last = self.rq_scales.get(id(mult))
+        if last is None or last[0] != (amax, zp, lo, hi):
+            last = self.rq_scales[id(mult)] = ((amax, zp, lo, hi), KC.binary64_scales(amax, mult, shift, zp, lo, hi))
+        fscale = last[1]
         K._map(lambda it: JIT.requant_nchw(src, bias, mult, shift, fscale, zp, lo, hi, out, *it), items, work=out.size,
                min_work=K.PARALLEL_MIN_ELEMS)
         return out
