@@ -229,8 +229,10 @@ def mvm(src2d: np.ndarray, xb: XbarInfo, bits: int, dac_bits: int, order: str, f
     assert plane_bound < (1 << 53)
     if fast:
         out = _exact_matmul(x, xb.cells, ((1 << bits) - 1) * xb.max_col_sum)
-        if dac_ones is None and x.size:
-            hist = np.bincount(x.ravel().astype(np.int64), minlength=1 << bits)
+        if dac_ones is None and x.size and dac_bits == 1 and x.dtype.kind == "u":  # 1-bit digits: the set bits
+            dac_ones = int(np.bitwise_count(x.ravel(order="K")).sum(dtype=np.int64))  # (5x a histogram's time; codes below 2^bits: checked)
+        elif dac_ones is None and x.size:
+            hist = np.bincount(x.ravel(order="K").astype(np.int64), minlength=1 << bits)
             dac_ones = int(hist @ digit_nonzero_table(bits, dac_bits, T))
         elif dac_ones is None:
             dac_ones = 0
