@@ -1383,7 +1383,11 @@ class Machine:
         by_rows: dict[bytes, list] = {}
         for m, xb, c0 in fast:
             by_rows.setdefault(xb.row_idx.tobytes(), []).append((m, xb, c0))
-        items = [(True, v) for v in by_rows.values()] + [(False, g) for g in groups]
+        # a layer of few groups splits each one's iterations too (its rows of sums apart), so that
+        # the threads end together
+        n = max(1, min(-(-GROUP_ITEMS_PER_WORKER * K._workers() // max(len(groups), 1)), P // GROUP_PIECE_MIN))
+        step = -(-P // n)
+        items = [(True, v) for v in by_rows.values()] + [(False, (g, p0, min(P, p0 + step))) for g in groups for p0 in range(0, P, step)]
         partial: dict[int, np.ndarray] = {}
         main = threading.get_ident()
 
@@ -1394,9 +1398,10 @@ class Machine:
             if own is None:
                 own = partial[me] = np.zeros_like(sums)
             if not exact:
-                _members, g, c0 = what
+                (_members, g, c0), p0, p1 = what
                 C = int(g.offsets[-1])
-                return K.mvm_group(src2d, g, bits, dac, out=kept, shiftadd=(tgt[c0 : c0 + C], cf[c0 : c0 + C], own))[1]
+                return K.mvm_group(src2d[p0:p1], g, bits, dac, out=kept[p0:p1],
+                                   shiftadd=(tgt[c0 : c0 + C], cf[c0 : c0 + C], own[p0:p1]))[1]
             done, ones = [], None
             for m, xb, c0 in what:
                 res, events = K.mvm(src2d, xb, bits, dac, self.instrs[m].fields["order"], True, ones)
@@ -1408,14 +1413,17 @@ class Machine:
         self.pc, self.instr = first, self.instrs[first]
         work = P * -(-bits // dac) * (sum(g.rows_used * int(g.offsets[-1]) for _m, g, _c in groups)
                                        + sum(xb.rows_used * xb.cols for _m, xb, _c in fast))
+        group_ones: dict[int, int] = {}
         for (exact, what), done in zip(items, K._map(product, items, work=work)):
             if not exact:
-                self._group_events(what[0], bits, src2d, done)
+                group_ones[id(what[0])] = group_ones.get(id(what[0]), 0) + done
                 continue
             for (m, xb, _c0), events in zip(what, done):  # (their results are in the sums already, and
                 self.pc, self.instr = m, self.instrs[m]  # the i64 column buffer holds any: _run_fusion)
                 self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac, True, _NO_RESULTS, events, store=False),
                              stats)
+        for group in groups:
+            self._group_events(group[0], bits, src2d, group_ones[id(group)])
         for extra in partial.values():
             sums += extra
         sa_ins = self.instrs[sa]
@@ -1942,6 +1950,10 @@ def run_program(
 
 
 _NO_RESULTS = np.empty((0, 0), dtype=np.int64)  # (``_mvm_post`` of results a fused shiftadd took)
+#: a fused bit-level layer's work items per worker thread (``Machine._run_bitlevel_layer``): groups
+#: split by iterations, pieces of at least GROUP_PIECE_MIN, until there are this many
+GROUP_ITEMS_PER_WORKER = 4
+GROUP_PIECE_MIN = 256
 _BLAS_CONTROLLER: list = []  # the threadpoolctl controller, found once (finding the libraries is slow)
 _COUNTER: list = []  # the counting thread's executor (``Machine._defer``), started once
 #: whether chunks on the fast path replay the record of an earlier chunk of the same shapes
