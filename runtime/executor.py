@@ -1374,58 +1374,12 @@ class Machine:
         kept = np.zeros((P, stored.size), dtype=np.int64)  # the columns the unit terms read, side by side
         self.colhomes[cols_name] = {}
         sums = np.zeros((P, plan.n_out), dtype=np.int64)
-        # the lossless crossbars' exact products (by row table: dac_ones once for each table) and
-        # the bit-level groups' products, side by side on the worker threads, each thread adding
-        # into sums of its own (row blocks add into the same outputs; the stored columns of
-        # different crossbars are different columns of ``kept``). One image's products are too
-        # small to split one by one (MobileNetV2, one image, 6-bit ADC: 160 ms on two threads
-        # against 156 on one); side by side, 150–160 against 164–168 ms before
-        by_rows: dict[bytes, list] = {}
-        for m, xb, c0 in fast:
-            by_rows.setdefault(xb.row_idx.tobytes(), []).append((m, xb, c0))
-        # a layer of few groups splits each one's iterations too (its rows of sums apart), so that
-        # the threads end together
-        n = max(1, min(-(-GROUP_ITEMS_PER_WORKER * K._workers() // max(len(groups), 1)), P // GROUP_PIECE_MIN))
-        step = -(-P // n)
-        items = [(True, v) for v in by_rows.values()] + [(False, (g, p0, min(P, p0 + step))) for g in groups for p0 in range(0, P, step)]
-        partial: dict[int, np.ndarray] = {}
-        main = threading.get_ident()
-
-        def product(item):
-            exact, what = item
-            me = threading.get_ident()
-            own = sums if me == main else partial.get(me)
-            if own is None:
-                own = partial[me] = np.zeros_like(sums)
-            if not exact:
-                (_members, g, c0), p0, p1 = what
-                C = int(g.offsets[-1])
-                return K.mvm_group(src2d[p0:p1], g, bits, dac, out=kept[p0:p1],
-                                   shiftadd=(tgt[c0 : c0 + C], cf[c0 : c0 + C], own[p0:p1]))[1]
-            done, ones = [], None
-            for m, xb, c0 in what:
-                res, events = K.mvm(src2d, xb, bits, dac, self.instrs[m].fields["order"], True, ones)
-                ones = events["dac_ones"]
-                JIT.columns_into_sums(res, tgt[c0 : c0 + xb.cols], cf[c0 : c0 + xb.cols], kept, own)
-                done.append(events)
-            return done
-
-        self.pc, self.instr = first, self.instrs[first]
-        work = P * -(-bits // dac) * (sum(g.rows_used * int(g.offsets[-1]) for _m, g, _c in groups)
-                                       + sum(xb.rows_used * xb.cols for _m, xb, _c in fast))
-        group_ones: dict[int, int] = {}
-        for (exact, what), done in zip(items, K._map(product, items, work=work)):
-            if not exact:
-                group_ones[id(what[0])] = group_ones.get(id(what[0]), 0) + done
-                continue
-            for (m, xb, _c0), events in zip(what, done):  # (their results are in the sums already, and
-                self.pc, self.instr = m, self.instrs[m]  # the i64 column buffer holds any: _run_fusion)
-                self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac, True, _NO_RESULTS, events, store=False),
-                             stats)
-        for group in groups:
-            self._group_events(group[0], bits, src2d, group_ones[id(group)])
-        for extra in partial.values():
-            sums += extra
+        group_ones, fast_events = self._layer_products(src2d, groups, fast, tgt, cf, kept, sums, bits, dac)
+        for (m, xb, _c0), events in zip(fast, fast_events):  # (their results are in the sums already, and
+            self.pc, self.instr = m, self.instrs[m]  # the i64 column buffer holds any: _run_fusion)
+            self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac, True, _NO_RESULTS, events, store=False), stats)
+        for (members, _g, _c0), dac_ones in zip(groups, group_ones):
+            self._group_events(members, bits, src2d, dac_ones)
         sa_ins = self.instrs[sa]
         self.pc, self.instr = sa, sa_ins
         plan.apply_unit_terms(kept, sums, vmax, compact=True)
@@ -1442,6 +1396,61 @@ class Machine:
             events, self.homes[sa_ins.fields["dst"]] = cached
         stats[sa].add(events)
         return sa + 1
+
+    def _layer_products(self, src2d, groups, fast, tgt, cf, kept, sums, bits: int, dac: int) -> tuple[list[int], list[dict]]:
+        """A fused bit-level layer's products into its ``sums`` (and the columns it keeps, into
+        ``kept``): the lossless crossbars' exact products (by row table: dac_ones once for each
+        table) and the groups' bit-level products, side by side on the worker threads, each thread
+        adding into sums of its own (row blocks add into the same outputs; the stored columns of
+        different crossbars are different columns of ``kept``). Returns each group's dac_ones and
+        each lossless crossbar's events, in their orders.
+
+        One image's products are too small to split one by one (MobileNetV2, one image, 6-bit
+        ADC: 160 ms on two threads against 156 on one); side by side, 150–160 against 164–168 ms.
+        A layer of few groups splits each one's iterations too (its rows of sums apart), so that
+        the threads end together."""
+        P = src2d.shape[0]
+        by_rows: dict[bytes, list] = {}
+        for m, xb, c0 in fast:
+            by_rows.setdefault(xb.row_idx.tobytes(), []).append((m, xb, c0))
+        n = max(1, min(-(-GROUP_ITEMS_PER_WORKER * K._workers() // max(len(groups), 1)), P // GROUP_PIECE_MIN))
+        step = -(-P // n)
+        items = [(None, v) for v in by_rows.values()] + [(j, (g, p0, min(P, p0 + step)))
+                                                          for j, (_m, g, _c) in enumerate(groups) for p0 in range(0, P, step)]
+        gc0 = [c0 for _m, _g, c0 in groups]
+        partial: dict[int, np.ndarray] = {}
+        main = threading.get_ident()
+
+        def product(item):
+            j, what = item
+            me = threading.get_ident()
+            own = sums if me == main else partial.get(me)
+            if own is None:
+                own = partial[me] = np.zeros_like(sums)
+            if j is not None:  # a group's iterations p0..p1
+                g, p0, p1 = what
+                c0, C = gc0[j], int(g.offsets[-1])
+                return K.mvm_group(src2d[p0:p1], g, bits, dac, out=kept[p0:p1],
+                                   shiftadd=(tgt[c0 : c0 + C], cf[c0 : c0 + C], own[p0:p1]))[1]
+            done, ones = {}, None
+            for m, xb, c0 in what:  # lossless crossbars of one row table
+                res, events = K.mvm(src2d, xb, bits, dac, self.instrs[m].fields["order"], True, ones)
+                ones = events["dac_ones"]
+                JIT.columns_into_sums(res, tgt[c0 : c0 + xb.cols], cf[c0 : c0 + xb.cols], kept, own)
+                done[m] = events
+            return done
+
+        work = P * -(-bits // dac) * (sum(g.rows_used * int(g.offsets[-1]) for _m, g, _c in groups)
+                                       + sum(xb.rows_used * xb.cols for _m, xb, _c in fast))
+        group_ones, events = [0] * len(groups), {}
+        for (j, _what), done in zip(items, K._map(product, items, work=work)):
+            if j is None:
+                events.update(done)
+            else:
+                group_ones[j] += done
+        for extra in partial.values():
+            sums += extra
+        return group_ones, [events[m] for m, _xb, _c in fast]
 
     def op_shiftadd(self, ins: Instr, fast: bool):
         src_name, dst_name = _need(ins, "src", self.pc), _need(ins, "dst", self.pc)
