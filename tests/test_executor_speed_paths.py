@@ -462,8 +462,9 @@ def test_global_average_pool_equals_python_integers(dtype, B, H, W, zin, m, shif
 
 def test_bit_level_groups_shared_among_threads_equal_one_thread(monkeypatch):
     """A bit-level layer's crossbar groups (its row blocks, which add into the same outputs) run
-    side by side on the worker threads, each thread adding into sums of its own: the example's
-    outputs and every counter equal a run on one thread, and a helper thread did run products."""
+    side by side on the worker threads, each thread adding into sums of its own, and its unit
+    terms by rows: the example's outputs and every counter equal a run on one thread, and a helper
+    thread did run products."""
     import threading  # noqa: PLC0415
 
     from test_conv_fusion import _example_program  # noqa: PLC0415
@@ -478,6 +479,7 @@ def test_bit_level_groups_shared_among_threads_equal_one_thread(monkeypatch):
     monkeypatch.setattr(K, "mvm_group", lambda *a, **k: threads.add(threading.get_ident()) or product(*a, **k))
     monkeypatch.setattr(K, "WORKERS", 2)
     monkeypatch.setattr(K, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(K, "UNIT_TERMS_SPLIT", 0)  # (and the shiftadds' unit terms shared by rows)
     for _ in range(3):  # (a helper may wake too late to take a product in one run)
         got, rg = run_program(program, x, fast_path=False)
         for k in want:
