@@ -350,6 +350,8 @@ def warm_up(plan: ConvPlan, src_dtype, out_dtype) -> None:
         for table in (None, np.zeros(plan.pad_value + 1, dtype=np.uint8)):
             ones_per_column(x, plan, table)
             run_conv_counting(x, plan, out_dtype, table)
+            # (small maps' counts by the window masks: too small here for ones_per_column to take them)
+            JIT.digits_f32(x, _NO_TABLE if table is None else table, np.empty(x.shape, dtype=np.float32))
 
 
 def _selection(n_in: int, lead: int, k: int, dil: int, stride: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
