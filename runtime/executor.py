@@ -22,6 +22,7 @@ import numpy as np
 from runtime import kernels as K
 from runtime import kernels_conv as KC
 from runtime import kernels_digital as D
+from runtime import kernels_sparse as KS
 from runtime import hwconfig
 from runtime import jit as JIT
 from runtime.cost import copy_shares
@@ -228,6 +229,8 @@ class Machine:
         self.mvm_run_end = dict(self._mvm_spans(_RUN_KEYS))  # first mvm of a run -> the index after it
         self.run_shiftadds = self._run_shiftadds(last, keep)
         self.run_fusions: dict[tuple[int, bool], tuple | None] = {}
+        #: per fused bit-level layer (first mvm, fast path): its sparse groups' batch and their indices
+        self.sparse_batches: dict[tuple[int, bool], tuple] = {}
         self.xbar_groups: dict[tuple[int, ...], K.XbarGroup] = {}
         self.layer_mats: dict[tuple[int, int], K.LayerMatrix | None] = {}
         self.sa_plans: dict[tuple[str, int, int], K.ShiftaddPlan] = {}
@@ -1374,7 +1377,8 @@ class Machine:
         kept = np.zeros((P, stored.size), dtype=np.int64)  # the columns the unit terms read, side by side
         self.colhomes[cols_name] = {}
         sums = np.zeros((P, plan.n_out), dtype=np.int64)
-        group_ones, fast_events = self._layer_products(src2d, groups, fast, tgt, cf, kept, sums, bits, dac)
+        group_ones, fast_events = self._layer_products(src2d, groups, fast, tgt, cf, kept, sums, bits, dac,
+                                                        (first, fast_path))
         for (m, xb, _c0), events in zip(fast, fast_events):  # (their results are in the sums already, and
             self.pc, self.instr = m, self.instrs[m]  # the i64 column buffer holds any: _run_fusion)
             self._record(m, self._mvm_post(self.instrs[m], xb, src2d, bits, dac, True, _NO_RESULTS, events, store=False), stats)
@@ -1397,7 +1401,8 @@ class Machine:
         stats[sa].add(events)
         return sa + 1
 
-    def _layer_products(self, src2d, groups, fast, tgt, cf, kept, sums, bits: int, dac: int) -> tuple[list[int], list[dict]]:
+    def _layer_products(self, src2d, groups, fast, tgt, cf, kept, sums, bits: int, dac: int,
+                        key: tuple) -> tuple[list[int], list[dict]]:
         """A fused bit-level layer's products into its ``sums`` (and the columns it keeps, into
         ``kept``): the lossless crossbars' exact products (by row table: dac_ones once for each
         table) and the groups' bit-level products, side by side on the worker threads, each thread
@@ -1408,15 +1413,31 @@ class Machine:
         One image's products are too small to split one by one (MobileNetV2, one image, 6-bit
         ADC: 160 ms on two threads against 156 on one); side by side, 150–160 against 164–168 ms.
         A layer of few groups splits each one's iterations too (its rows of sums apart), so that
-        the threads end together."""
+        the threads end together. The groups of sparse products run as a few compiled calls of
+        many groups each (``kernels_sparse.SparseBatch``): called one by one from Python, the
+        960-channel 7x7 depthwise layers took longer on two threads than on one."""
         P = src2d.shape[0]
+        W = K._workers()
         by_rows: dict[bytes, list] = {}
         for m, xb, c0 in fast:
             by_rows.setdefault(xb.row_idx.tobytes(), []).append((m, xb, c0))
-        n = max(1, min(-(-GROUP_ITEMS_PER_WORKER * K._workers() // max(len(groups), 1)), P // GROUP_PIECE_MIN))
+        sb = self._sparse_batch(key, groups, tgt, cf, bits, dac, src2d)
+        batched = set(sb[1]) if sb is not None else set()
+        rest = [j for j in range(len(groups)) if j not in batched]
+        n = max(1, min(-(-GROUP_ITEMS_PER_WORKER * W // max(len(groups), 1)), P // GROUP_PIECE_MIN))
         step = -(-P // n)
-        items = [(None, v) for v in by_rows.values()] + [(j, (g, p0, min(P, p0 + step)))
-                                                          for j, (_m, g, _c) in enumerate(groups) for p0 in range(0, P, step)]
+        items = [(None, v) for v in by_rows.values()] + [(j, (groups[j][1], p0, min(P, p0 + step)))
+                                                          for j in rest for p0 in range(0, P, step)]
+        if sb is not None:  # chunks of whole groups, or, where they are few, groups split by iterations
+            G = len(sb[1])
+            if n > 1:
+                items += [(-1, (j, j + 1, p0, min(P, p0 + step))) for j in range(G) for p0 in range(0, P, step)]
+            else:
+                nc = min(G, GROUP_ITEMS_PER_WORKER * W) if W > 1 else 1
+                cuts = [G * k // nc for k in range(nc + 1)]
+                items += [(-1, (a, b, 0, P)) for a, b in zip(cuts, cuts[1:]) if b > a]
+            xk = src2d.T if src2d.dtype == np.uint8 else (src2d.T & 0xFF).astype(np.uint8)
+            xk = np.ascontiguousarray(xk)  # (a view of a k-major im2col source)
         gc0 = [c0 for _m, _g, c0 in groups]
         partial: dict[int, np.ndarray] = {}
         main = threading.get_ident()
@@ -1427,6 +1448,8 @@ class Machine:
             own = sums if me == main else partial.get(me)
             if own is None:
                 own = partial[me] = np.zeros_like(sums)
+            if j == -1:  # batched sparse groups j0..j1 on iterations p0..p1
+                return KS.mvm_groups_sparse(xk, sb[0], *what, kept, own)
             if j is not None:  # a group's iterations p0..p1
                 g, p0, p1 = what
                 c0, C = gc0[j], int(g.offsets[-1])
@@ -1446,11 +1469,27 @@ class Machine:
         for (j, _what), done in zip(items, K._map(product, items, work=work)):
             if j is None:
                 events.update(done)
+            elif j == -1:
+                for jj, o in zip(sb[1], done.tolist()):
+                    group_ones[jj] += o
             else:
                 group_ones[j] += done
         for extra in partial.values():
             sums += extra
         return group_ones, [events[m] for m, _xb, _c in fast]
+
+    def _sparse_batch(self, key: tuple, groups, tgt, cf, bits: int, dac: int, src2d) -> tuple | None:
+        """(batch, the groups' indices) of a layer's groups that take the sparse product
+        (``kernels_sparse.sparse_batch``, built once per layer), or None where fewer than two do
+        or one call cannot take them. Their rows must lie within the source (else each group's
+        own product reports it)."""
+        if key not in self.sparse_batches:
+            idx = [j for j, (_m, g, _c) in enumerate(groups) if g.sparse_plan(bits, dac) is not None]
+            b = KS.sparse_batch([(groups[j][1], groups[j][1].sparse_plan(bits, dac), groups[j][2]) for j in idx], tgt, cf) \
+                if len(idx) >= 2 else None
+            self.sparse_batches[key] = None if b is None else (b, idx)
+        sb = self.sparse_batches[key]
+        return sb if sb is not None and sb[0].row_end <= src2d.shape[1] else None
 
     def op_shiftadd(self, ins: Instr, fast: bool):
         src_name, dst_name = _need(ins, "src", self.pc), _need(ins, "dst", self.pc)

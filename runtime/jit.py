@@ -690,3 +690,18 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
                 for j in range(nt):
                     sums[p0 + i, tmin + j] += L[j, i]
     return ones
+
+
+@njit(**_JIT)
+def sparse_groups(xk, j0, j1, q0, q1, rows0, nrows, coff, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, smask, exact,
+                  tgt, cf, out, sums, pb, wu, wi, ones):
+    """``sparse_group`` for groups j0..j1 of a layer (``kernels_sparse.SparseBatch``), on
+    iterations q0..q1, in one call: group j reads rows rows0[j]..rows0[j] + nrows[j] of ``xk``
+    [rows, P] (uint8 codes, the k-major source) and owns columns coff[j]..coff[j + 1] of the
+    side-by-side column arrays (``ptr`` holds global exception indices). ones[j] += its non-zero
+    digits. (One call instead of one per group: a call from Python costs a few µs per array.)"""
+    for j in range(j0, j1):
+        c0, c1 = coff[j], coff[j + 1]
+        xt = xk[rows0[j] : rows0[j] + nrows[j]]
+        ones[j] += sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg[c0:c1], ptr[c0 : c1 + 1], erow, ev, HM[c0:c1], TH[c0:c1],
+                                KP[c0:c1], smask, exact[c0:c1], tgt[c0:c1], cf[c0:c1], out, sums, pb[j], wu, wi)

@@ -178,3 +178,78 @@ def mvm_group_sparse(src2d: np.ndarray, g, plan: SparsePlan, out: np.ndarray, tg
                                 PB, wu, wi)
 
     return sum(_map(unit, list(range(0, P, step))))
+
+
+@dataclass
+class SparseBatch:
+    """The sparse products of a layer's crossbar groups as one compiled call per work item
+    (``jit.sparse_groups``): their plans' arrays side by side, and the fused shiftadd's column
+    targets and coefficients in the same order. Built once per layer (``sparse_batch``)."""
+
+    T: int
+    v: int
+    lane_bits: int
+    spt: np.ndarray
+    nzc: np.ndarray
+    smask: np.ndarray
+    rows0: np.ndarray  # [G] each group's first row of the k-major source
+    nrows: np.ndarray  # [G]
+    row_end: int  # rows the source must have
+    coff: np.ndarray  # [G + 1] each group's columns in the arrays below
+    bg: np.ndarray
+    ptr: np.ndarray  # [ΣC + 1] global exception indices
+    erow: np.ndarray
+    ev: np.ndarray
+    HM: np.ndarray
+    TH: np.ndarray
+    KP: np.ndarray
+    exact: np.ndarray
+    tgt: np.ndarray
+    cf: np.ndarray
+    block: np.ndarray  # [G] iterations per block
+    ns: np.ndarray  # [G] estimated ns per iteration
+    nu: int  # scratch elements (uint64, int64) the largest group needs
+    ni: int
+
+
+def sparse_batch(parts: list, tgt: np.ndarray, cf: np.ndarray) -> SparseBatch | None:
+    """The batch of ``parts`` [(group, its sparse plan, its first column in ``tgt``/``cf``)], or
+    None where one call cannot take them all: a group without a plan or whose rows are not
+    consecutive, or plans of different steps or lanes."""
+    if not parts:
+        return None
+    p0 = parts[0][1]
+    for g, plan, _c0 in parts:
+        if plan is None or not isinstance(g.row_sel, slice) or (plan.T, plan.v, plan.lane_bits) != (p0.T, p0.v, p0.lane_bits):
+            return None
+    plans = [plan for _g, plan, _c in parts]
+    Cs = [plan.bg.size for plan in plans]
+    coff = np.concatenate(([0], np.cumsum(Cs))).astype(np.int64)
+    eoff = np.concatenate(([0], np.cumsum([plan.erow.size for plan in plans]))).astype(np.int64)
+    ptr = np.concatenate([plan.ptr[:-1] + e for plan, e in zip(plans, eoff)] + [eoff[-1:]]).astype(np.int64)
+    rows0 = np.array([g.row_sel.start for g, _p, _c in parts], dtype=np.int64)
+    nrows = np.array([g.row_sel.stop - g.row_sel.start for g, _p, _c in parts], dtype=np.int64)
+    NW = p0.spt.shape[1]
+    nu = max((NW * (int(r) + 1) + 1) * plan.block for r, plan in zip(nrows, plans))
+    ni = max((2 * plan.bg.size + 18) * plan.block for plan in plans)
+    cat = lambda name: np.concatenate([getattr(plan, name) for plan in plans])  # noqa: E731
+    return SparseBatch(p0.T, p0.v, p0.lane_bits, p0.spt, p0.nzc, p0.smask, rows0, nrows, int((rows0 + nrows).max()), coff,
+                       cat("bg"), ptr, cat("erow"), cat("ev"), cat("HM"), cat("TH"), cat("KP"), cat("exact"),
+                       np.concatenate([tgt[c : c + n] for (_g, _p, c), n in zip(parts, Cs)]),
+                       np.concatenate([cf[c : c + n] for (_g, _p, c), n in zip(parts, Cs)]),
+                       np.array([plan.block for plan in plans], dtype=np.int64),
+                       np.array([plan.ns for plan in plans]), nu, ni)
+
+
+def mvm_groups_sparse(xk: np.ndarray, b: SparseBatch, j0: int, j1: int, p0: int, p1: int, out: np.ndarray,
+                      sums: np.ndarray) -> np.ndarray:
+    """Groups j0..j1 of batch ``b`` on iterations p0..p1 of ``xk`` [rows, P] (uint8, C-ordered: the
+    k-major source's transpose), on this thread: their column results into ``out`` and ``sums``
+    as ``mvm_group_sparse`` takes them. Returns each group's non-zero digits [G]."""
+    from runtime import jit as JIT  # noqa: PLC0415 - numba is imported on the first bit-level product
+
+    ones = np.zeros(b.rows0.size, dtype=np.int64)
+    wu, wi = _scratch(b.nu, b.ni)
+    JIT.sparse_groups(xk, j0, j1, p0, p1, b.rows0, b.nrows, b.coff, b.T, b.v, b.lane_bits, b.spt, b.nzc, b.bg, b.ptr,
+                      b.erow, b.ev, b.HM, b.TH, b.KP, b.smask, b.exact, b.tgt, b.cf, out, sums, b.block, wu, wi, ones)
+    return ones

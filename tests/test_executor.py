@@ -569,3 +569,46 @@ def test_sparse_product_runs_whole_layers_as_the_byte_product(monkeypatch, dac, 
     for o, r in ((out_u, rep_u), (out_b, rep_b)):
         np.testing.assert_array_equal(out["y"], o["y"])
         assert _report_without_timings(rep) == _report_without_timings(r)
+
+
+@pytest.mark.parametrize("workers,P", [(1, 40), (2, 40), (2, 600)])
+def test_sparse_groups_batched_equal_one_by_one(monkeypatch, workers, P):
+    """A layer's sparse groups run as a few compiled calls of several groups each
+    (``kernels_sparse.SparseBatch``), on one thread or two, in chunks of whole groups or (few
+    groups, many iterations) groups split by iterations: the outputs and the whole report equal
+    the groups' products one by one."""
+    from runtime import kernels as K  # noqa: PLC0415
+    from runtime import kernels_sparse as KS  # noqa: PLC0415
+    from runtime.executor import Machine  # noqa: PLC0415
+
+    rng = np.random.default_rng(23)
+    N = 60  # 540 rows: four full row tiles take the sparse product
+    W = _depthwise_like(rng, N)
+    x = rng.integers(0, 256, size=(P, W.shape[0])).astype(np.float32)
+    x[rng.random(x.shape) < 0.3] = 0
+    kw = dict(adc_bits=6, flip_cols=rng.random(N * 4) < 0.5, shift=np.full(N, 12), bias=np.full(N, 1 << 20))
+    monkeypatch.setattr(K, "WORKERS", workers)
+    monkeypatch.setattr(K, "PARALLEL_MIN_WORK", 0)
+    calls, group_ones = [], []
+    events = Machine._group_events  # (each group's dac_ones, to its own mvms' records)
+    monkeypatch.setattr(Machine, "_group_events", lambda self, members, bits, src, ones: group_ones.append((tuple(members), ones))
+                        or events(self, members, bits, src, ones))
+    batched = KS.mvm_groups_sparse
+    monkeypatch.setattr(KS, "mvm_groups_sparse", lambda xk, b, j0, j1, p0, p1, *a: calls.append((b.rows0.size, j0, j1, p0, p1))
+                        or batched(xk, b, j0, j1, p0, p1, *a))
+    out, rep = run_program(dense_program(W, **kw), {"x": x})
+    G = calls[0][0]
+    assert G == 4 and sorted(c[1:] for c in calls) == sorted(set(c[1:] for c in calls))
+    if workers == 1:
+        assert calls == [(G, 0, G, 0, P)]
+    elif P == 40:
+        assert {c[1:3] for c in calls} == {(j, j + 1) for j in range(G)} and all(c[3:] == (0, P) for c in calls)
+    else:
+        assert all(c[2] == c[1] + 1 and 0 < c[4] - c[3] < P for c in calls)
+    monkeypatch.setattr(Machine, "_sparse_batch", lambda *a: None)
+    n_batched, ones = len(calls), list(group_ones)
+    group_ones.clear()
+    out_1, rep_1 = run_program(dense_program(W, **kw), {"x": x})
+    assert len(calls) == n_batched and group_ones == ones
+    np.testing.assert_array_equal(out["y"], out_1["y"])
+    assert _report_without_timings(rep) == _report_without_timings(rep_1)
