@@ -565,7 +565,8 @@ def _spread_block(xt, p0, p1, T, v, spt, nzc, sp, pop):
 
 
 @njit(**_JIT)
-def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, smask, exact, tgt, cf, out, sums, PB, wu, wi):
+def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, smask, exact, xptr, xrow, xval, xtgt, xbg, tgt,
+                 cf, out, sums, PB, wu, wi):
     """The bit-level mvm of a crossbar group with sparse columns (``kernels_sparse``) on
     iterations q0..q1 of ``xt`` [R, P] (uint8 codes of the group's used rows, row by row: the
     transpose of the mvm's source columns), its ADC and shift-and-add,
@@ -580,7 +581,10 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
 
     A column with exact[c] (no read of it can reach its ADC's threshold, nor lose a bit) is its
     exact product instead, with no lanes: bg[c]·Σ_r x_r + Σ_e ev[e]·x[erow[e]], x the codes' low
-    T·v bits (the digits the steps apply), which is what its steps shift-add to."""
+    T·v bits (the digits the steps apply), which is what its steps shift-add to. Exact columns
+    that a fused shiftadd adds into the same sum are one product (exact[c] = 2: skipped here):
+    target k adds xbg[k]·Σ_r x_r + Σ_e xval[e]·x[xrow[e]] (e in xptr[k]..xptr[k + 1]) into
+    sums[·, xtgt[k]], their coefficients and cells folded (``kernels_sparse.combined_exact``)."""
     R = xt.shape[0]
     nl = 64 // Lb
     NW = -(-T // nl)
@@ -590,6 +594,9 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
         if tgt[c] >= 0:
             tmin = min(tmin, tgt[c])
             tmax = max(tmax, tgt[c])
+    for k in range(xtgt.size):
+        tmin = min(tmin, xtgt[k])
+        tmax = max(tmax, xtgt[k])
     nt = tmax - tmin + 1 if tmax >= 0 else 0
     local = nt <= 2 * C + 16  # else each column adds into sums directly
     a, b = NW * R * PB, NW * PB
@@ -601,7 +608,9 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
     xs = wi[PB + (nt if local else 0) * PB : (2 + (nt if local else 0)) * PB]  # the block's Σ_r x_r (exact columns)
     any_exact = False
     for c in range(C):
-        any_exact |= exact[c] != 0
+        any_exact |= exact[c] == 1
+    for k in range(xbg.size):
+        any_exact |= xbg[k] != 0
     xmask = np.int64((1 << (T * v)) - 1)
     low, top = np.uint64(0), np.uint64(0)
     for l in range(nl):
@@ -634,7 +643,24 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
                 src = xt[r, p0:p1]
                 for i in range(n):
                     xs[i] += np.int64(src[i]) & xmask
+        for k in range(xtgt.size):  # the exact columns of one target, as one product
+            t, bx = xtgt[k], xbg[k]
+            for i in range(n):
+                res[i] = bx * xs[i] if bx != 0 else 0
+            for e in range(xptr[k], xptr[k + 1]):
+                ex, src = xval[e], xt[xrow[e], p0:p1]
+                for i in range(n):
+                    res[i] += ex * (np.int64(src[i]) & xmask)
+            if local:
+                Lj = L[t - tmin]
+                for i in range(n):
+                    Lj[i] += res[i]
+            else:
+                for i in range(n):
+                    sums[p0 + i, t] += res[i]
         for c in range(C):
+            if exact[c] == 2:
+                continue
             hm, th, kp = HM[c], TH[c], KP[c]
             if exact[c]:
                 bx = np.int64(bg[c])
@@ -694,14 +720,16 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
 
 @njit(**_JIT)
 def sparse_groups(xk, j0, j1, q0, q1, rows0, nrows, coff, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, smask, exact,
-                  tgt, cf, out, sums, pb, wu, wi, ones):
+                  xoff, xptr, xrow, xval, xtgt, xbg, tgt, cf, out, sums, pb, wu, wi, ones):
     """``sparse_group`` for groups j0..j1 of a layer (``kernels_sparse.SparseBatch``), on
     iterations q0..q1, in one call: group j reads rows rows0[j]..rows0[j] + nrows[j] of ``xk``
     [rows, P] (uint8 codes, the k-major source) and owns columns coff[j]..coff[j + 1] of the
-    side-by-side column arrays (``ptr`` holds global exception indices). ones[j] += its non-zero
+    side-by-side column arrays (``ptr`` holds global exception indices), and targets
+    xoff[j]..xoff[j + 1] of its combined exact columns (``xptr`` global). ones[j] += its non-zero
     digits. (One call instead of one per group: a call from Python costs a few µs per array.)"""
     for j in range(j0, j1):
-        c0, c1 = coff[j], coff[j + 1]
+        c0, c1, k0, k1 = coff[j], coff[j + 1], xoff[j], xoff[j + 1]
         xt = xk[rows0[j] : rows0[j] + nrows[j]]
         ones[j] += sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg[c0:c1], ptr[c0 : c1 + 1], erow, ev, HM[c0:c1], TH[c0:c1],
-                                KP[c0:c1], smask, exact[c0:c1], tgt[c0:c1], cf[c0:c1], out, sums, pb[j], wu, wi)
+                                KP[c0:c1], smask, exact[c0:c1], xptr[k0 : k1 + 1], xrow, xval, xtgt[k0:k1], xbg[k0:k1],
+                                tgt[c0:c1], cf[c0:c1], out, sums, pb[j], wu, wi)

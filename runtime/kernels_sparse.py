@@ -144,6 +144,41 @@ def sparse_plan(g, bits: int, dac_bits: int, byte_words: int | None) -> SparsePl
 
 
 _SCRATCH = threading.local()
+#: ``jit.sparse_group``'s combined exact columns when there are none (xptr, xrow, xval, xtgt, xbg)
+_NO_COMBINED = (np.zeros(1, dtype=np.int64),) + tuple(np.zeros(0, dtype=np.int64) for _ in range(4))
+
+
+def combined_exact(plan: SparsePlan, tgt: np.ndarray, cf: np.ndarray) -> tuple:
+    """The exact columns of ``plan`` that a fused shiftadd adds into the same sum, as one product
+    per sum (``jit.sparse_group``): (exact [C] uint8, 2 where a column is in a combined product;
+    xptr, xrow, xval, xtgt, xbg). Sum t gains Σ_c cf[c]·(bg[c]·Σ_r x_r + Σ_e ev[e]·x[erow[e]]) over
+    its exact columns c: one background xbg = Σ_c cf[c]·bg[c] and one term per row whose folded
+    cell differs from it. A depthwise layer's lower slices (three exact columns of ~6 exceptions
+    each per channel) become one product of its ≤ 9 taps."""
+    C = plan.bg.size
+    exact = plan.exact.copy()
+    sel = np.nonzero((plan.exact == 1) & (tgt[:C] >= 0))[0]
+    if not sel.size:
+        return (exact, *_NO_COMBINED)
+    exact[sel] = 2
+    targets = np.unique(tgt[sel])
+    xptr, xrow, xval, xbg = [0], [], [], []
+    ev = plan.ev.view(np.int64)
+    for t in targets.tolist():
+        cols = sel[tgt[sel] == t]
+        xbg.append(int((cf[cols] * plan.bg[cols].astype(np.int64)).sum()))
+        rows: dict[int, int] = {}
+        for c in cols.tolist():
+            for e in range(int(plan.ptr[c]), int(plan.ptr[c + 1])):
+                r = int(plan.erow[e])
+                rows[r] = rows.get(r, 0) + int(cf[c]) * int(ev[e])
+        for r in sorted(rows):
+            if rows[r]:
+                xrow.append(r)
+                xval.append(rows[r])
+        xptr.append(len(xrow))
+    as64 = lambda v: np.array(v, dtype=np.int64)  # noqa: E731
+    return exact, as64(xptr), as64(xrow), as64(xval), targets.astype(np.int64), as64(xbg)
 
 
 def _scratch(nu: int, ni: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,8 +209,8 @@ def mvm_group_sparse(src2d: np.ndarray, g, plan: SparsePlan, out: np.ndarray, tg
     def unit(p0: int) -> int:
         wu, wi = _scratch((NW * (R + 1) + 1) * PB, (2 * C + 18) * PB)
         return JIT.sparse_group(xt, p0, min(P, p0 + step), plan.T, plan.v, plan.lane_bits, plan.spt, plan.nzc, plan.bg,
-                                plan.ptr, plan.erow, plan.ev, plan.HM, plan.TH, plan.KP, plan.smask, plan.exact, tgt, cf, out, sums,
-                                PB, wu, wi)
+                                plan.ptr, plan.erow, plan.ev, plan.HM, plan.TH, plan.KP, plan.smask, plan.exact, *_NO_COMBINED,
+                                tgt, cf, out, sums, PB, wu, wi)
 
     return sum(_map(unit, list(range(0, P, step))))
 
@@ -203,7 +238,13 @@ class SparseBatch:
     HM: np.ndarray
     TH: np.ndarray
     KP: np.ndarray
-    exact: np.ndarray
+    exact: np.ndarray  # (2: in a combined product, ``combined_exact``)
+    xoff: np.ndarray  # [G + 1] each group's combined products in the arrays below
+    xptr: np.ndarray  # global term indices
+    xrow: np.ndarray
+    xval: np.ndarray
+    xtgt: np.ndarray
+    xbg: np.ndarray
     tgt: np.ndarray
     cf: np.ndarray
     block: np.ndarray  # [G] iterations per block
@@ -233,10 +274,17 @@ def sparse_batch(parts: list, tgt: np.ndarray, cf: np.ndarray) -> SparseBatch | 
     nu = max((NW * (int(r) + 1) + 1) * plan.block for r, plan in zip(nrows, plans))
     ni = max((2 * plan.bg.size + 18) * plan.block for plan in plans)
     cat = lambda name: np.concatenate([getattr(plan, name) for plan in plans])  # noqa: E731
+    gtgt = [tgt[c : c + n] for (_g, _p, c), n in zip(parts, Cs)]
+    gcf = [cf[c : c + n] for (_g, _p, c), n in zip(parts, Cs)]
+    comb = [combined_exact(plan, t, f) for plan, t, f in zip(plans, gtgt, gcf)]
+    xoff = np.concatenate(([0], np.cumsum([x[4].size for x in comb]))).astype(np.int64)
+    toff = np.concatenate(([0], np.cumsum([x[2].size for x in comb]))).astype(np.int64)
+    xptr = np.concatenate([x[1][:-1] + o for x, o in zip(comb, toff)] + [toff[-1:]]).astype(np.int64)
     return SparseBatch(p0.T, p0.v, p0.lane_bits, p0.spt, p0.nzc, p0.smask, rows0, nrows, int((rows0 + nrows).max()), coff,
-                       cat("bg"), ptr, cat("erow"), cat("ev"), cat("HM"), cat("TH"), cat("KP"), cat("exact"),
-                       np.concatenate([tgt[c : c + n] for (_g, _p, c), n in zip(parts, Cs)]),
-                       np.concatenate([cf[c : c + n] for (_g, _p, c), n in zip(parts, Cs)]),
+                       cat("bg"), ptr, cat("erow"), cat("ev"), cat("HM"), cat("TH"), cat("KP"),
+                       np.concatenate([x[0] for x in comb]), xoff, xptr,
+                       *(np.concatenate([x[k] for x in comb]) for k in (2, 3, 4, 5)),
+                       np.concatenate(gtgt), np.concatenate(gcf),
                        np.array([plan.block for plan in plans], dtype=np.int64),
                        np.array([plan.ns for plan in plans]), nu, ni)
 
@@ -251,5 +299,6 @@ def mvm_groups_sparse(xk: np.ndarray, b: SparseBatch, j0: int, j1: int, p0: int,
     ones = np.zeros(b.rows0.size, dtype=np.int64)
     wu, wi = _scratch(b.nu, b.ni)
     JIT.sparse_groups(xk, j0, j1, p0, p1, b.rows0, b.nrows, b.coff, b.T, b.v, b.lane_bits, b.spt, b.nzc, b.bg, b.ptr,
-                      b.erow, b.ev, b.HM, b.TH, b.KP, b.smask, b.exact, b.tgt, b.cf, out, sums, b.block, wu, wi, ones)
+                      b.erow, b.ev, b.HM, b.TH, b.KP, b.smask, b.exact, b.xoff, b.xptr, b.xrow, b.xval, b.xtgt, b.xbg,
+                      b.tgt, b.cf, out, sums, b.block, wu, wi, ones)
     return ones
