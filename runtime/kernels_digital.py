@@ -149,7 +149,12 @@ def avgpool(src, kernel, stride, pad, count_include_pad, zin, m, shift, zp, lo, 
     H, W = src.shape[2], src.shape[3]
     whole = tuple(k) == (H, W) and tuple(ohw) == (1, 1) and not (pt or pl or pb or pr)
     if whole:  # a global pool: one sum per map (~10x faster than the taps on 1280 maps of 7 x 7)
-        total = src.sum(axis=(2, 3), dtype=np.int64, keepdims=True) - np.int64(zin * H * W)
+        if src.dtype.itemsize <= 2 and src.dtype.kind in "iu":  # a float product, exact: 2-3x faster than sum
+            ftype = np.float32 if H * W << (8 * src.dtype.itemsize) < (1 << 24) else np.float64  # (|sums| < 2^24, 2^53)
+            total = (src.reshape(-1, H * W).astype(ftype) @ np.ones(H * W, dtype=ftype)).astype(np.int64)
+            total = total.reshape(src.shape[0], src.shape[1], 1, 1) - np.int64(zin * H * W)
+        else:
+            total = src.sum(axis=(2, 3), dtype=np.int64, keepdims=True) - np.int64(zin * H * W)
     else:
         x = np.pad(src.astype(np.int64) - zin, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=0)
         total = np.zeros((x.shape[0], x.shape[1], *ohw), dtype=np.int64)

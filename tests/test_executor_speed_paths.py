@@ -460,6 +460,18 @@ def test_global_average_pool_equals_python_integers(dtype, B, H, W, zin, m, shif
         assert want == min(max(q + 5, -1000), 1000)
 
 
+def test_global_average_pool_of_large_16_bit_maps():
+    """Sums past float32's exact range (64 x 64 maps of 16-bit codes) take the float64 product."""
+    from runtime import kernels_digital as D  # noqa: PLC0415
+
+    x = np.full((1, 2, 64, 64), 32767, dtype=np.int16)
+    x[0, 1] = -32768
+    x[0, 0, 0, 0] = 32766  # (a sum that float32 would round: 134,213,631 > 2^24)
+    got = D.avgpool(x, [64, 64], [1, 1], [0, 0, 0, 0], 1, 0, 4096, 0, 0, -(1 << 40), 1 << 40, [1, 2, 1, 1])  # (m = H·W: the sums)
+    want = [32767 * 4096 - 1, -32768 * 4096]
+    assert got[0, :, 0, 0].tolist() == want
+
+
 def test_bit_level_groups_shared_among_threads_equal_one_thread(monkeypatch):
     """A bit-level layer's crossbar groups (its row blocks, which add into the same outputs) run
     side by side on the worker threads, each thread adding into sums of its own, and its unit
