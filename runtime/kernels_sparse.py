@@ -248,7 +248,6 @@ class SparseBatch:
     tgt: np.ndarray
     cf: np.ndarray
     block: np.ndarray  # [G] iterations per block
-    ns: np.ndarray  # [G] estimated ns per iteration
     nu: int  # scratch elements (uint64, int64) the largest group needs
     ni: int
 
@@ -285,8 +284,7 @@ def sparse_batch(parts: list, tgt: np.ndarray, cf: np.ndarray) -> SparseBatch | 
                        np.concatenate([x[0] for x in comb]), xoff, xptr,
                        *(np.concatenate([x[k] for x in comb]) for k in (2, 3, 4, 5)),
                        np.concatenate(gtgt), np.concatenate(gcf),
-                       np.array([plan.block for plan in plans], dtype=np.int64),
-                       np.array([plan.ns for plan in plans]), nu, ni)
+                       np.array([plan.block for plan in plans], dtype=np.int64), nu, ni)
 
 
 def mvm_groups_sparse(xk: np.ndarray, b: SparseBatch, j0: int, j1: int, p0: int, p1: int, out: np.ndarray,
