@@ -263,3 +263,46 @@ def test_consecutive_row_table_reads_a_slice(dac_bits):
     src = _relu_like(rng, 45, K_in)
     g = _check(src, images, table, adcs, 2, 8, dac_bits)
     assert isinstance(g.row_sel, slice)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 5), st.integers(0, 6), st.integers(0, 4), st.integers(0, 4), st.booleans(),
+       st.integers(0, 2**31 - 1))
+def test_byte_adc_takes_columns_by_runs_and_one_by_one(runs, D, lead, part, tail, words_split, seed):
+    """The float32 ADC kernel's shift-and-add and its taking of column results
+    (``jit.adc_shiftadd_bytes_uniform``) against Python integers: a shiftadd's runs of D columns
+    per sum, after a short first run or not, then a partial run, then columns stored, dropped or
+    added elsewhere; also a unit of some of the words only."""
+    from runtime import jit as JIT  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    t0 = int(rng.integers(0, 5))
+    tgt = [t0 + c // D for c in range(lead % D if lead else 0, runs * D)] if D > 1 else [t0 + c for c in range(runs)]
+    tgt += [t0 + runs] * (part % D)
+    tgt += [int(rng.choice([-1, -2 - k, int(rng.integers(0, 3))])) for k in range(tail)]
+    tgt = np.array(tgt, dtype=np.int64)
+    C = tgt.size
+    N, n_out = int(max(tgt.max(), 0)) + 1, max(2, tail + 2)
+    cf = rng.integers(-64, 65, C).astype(np.int64)
+    T, v, thr, P = 4, 1, 63, 3
+    Wp = -(-C // 3)
+    w0, Wq = (1, max(1, Wp - 2)) if words_split and Wp > 2 else (0, Wp)
+    S = (rng.integers(0, 256, (T, P, Wq, 3)) * np.array([1, 256, 65536])).sum(axis=3).astype(np.float32)
+    out, sums = np.zeros((P, n_out), dtype=np.int64), rng.integers(-9, 9, (P, N)).astype(np.int64)
+    want_out, want_sums = out.copy(), sums.copy()
+    JIT.adc_shiftadd_bytes_uniform(S, thr, v, Wp, w0, tgt, cf, out, sums)
+    for i in range(P):
+        for j in range(3):
+            for w in range(Wq):
+                c = j * Wp + w0 + w
+                if c >= C:
+                    continue
+                r = 0
+                for t in range(T):
+                    r = r * 2 + min((int(S[t, i, w]) >> (8 * j)) & 255, thr)
+                if tgt[c] >= 0:
+                    want_sums[i, tgt[c]] += int(cf[c]) * r
+                elif tgt[c] <= -2:
+                    want_out[i, -2 - tgt[c]] = r
+    np.testing.assert_array_equal(sums, want_sums)
+    np.testing.assert_array_equal(out, want_out)
