@@ -485,13 +485,20 @@ def columns_into_sums(res, tgt, cf, out, sums):
 
 
 @njit(**_JIT)
-def unit_terms(src, units, ui, ni, val, acc):
-    """acc[p, ni[k]] += val[k]·src[p, units[ui[k]]] for each term k: the unit columns' terms of a
-    shiftadd (``kernels.ShiftaddPlan.apply_unit_terms``), term by term where they are few."""
-    for p in range(src.shape[0]):
-        s, a = src[p], acc[p]
-        for k in range(ui.size):
-            a[ni[k]] += val[k] * s[units[ui[k]]]
+def unit_terms(src, units, rs, ru, rn, val, acc):
+    """acc[p, rn[r] + k] += val[rs[r] + k]·src[p, units[ru[r]]] for k < rs[r + 1] − rs[r], for each
+    run r of a shiftadd's unit-column terms (``kernels.ShiftaddPlan.apply_unit_terms``): consecutive
+    outputs that one unit column reaches (a depthwise group's channels) are one vectorized run.
+    ``src`` and ``acc`` C-ordered, read flat."""
+    P, S = src.shape
+    N = acc.shape[1]
+    sf, af = src.reshape(src.size), acc.reshape(acc.size)
+    for p in range(P):
+        for r in range(ru.size):
+            x = sf[np.uint64(p * S + units[ru[r]])]
+            a0, v0 = np.uint64(p * N + rn[r]), np.uint64(rs[r])
+            for k in range(np.uint64(rs[r + 1] - rs[r])):
+                af[a0 + k] += val[v0 + k] * x
 
 
 @njit(**_JIT)

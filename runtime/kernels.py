@@ -298,8 +298,8 @@ PARALLEL_MIN_WORK = 1 << 25
 
 #: least elements of a copying or element-wise call (im2col, requant) worth splitting likewise
 PARALLEL_MIN_ELEMS = 1 << 20
-#: least terms (iterations x unit terms) of a shiftadd's unit terms worth splitting likewise (~1.3 ns
-#: each: ~0.3 ms, past a thread's hand-over)
+#: least terms (iterations x unit terms) of a shiftadd's unit terms worth splitting likewise (~1 ns
+#: each in MobileNetV2's runs of 14 outputs: ~0.25 ms, past a thread's hand-over)
 UNIT_TERMS_SPLIT = 1 << 18
 
 
@@ -803,15 +803,21 @@ class ShiftaddPlan:
         # the unit-column terms as one float64 BLAS product, exact while vmax·e_bound < 2^53
         self.E_f = self.E.astype(np.float64)
         self.e_bound = int(np.abs(self.E).sum(axis=0).max()) if self.E.size else 0
-        # ... or, where few unit columns reach each output (a depthwise layer: one), term by term
-        # (jit.unit_terms): no [P, N] temporaries
-        ui, ni = np.nonzero(self.E)
-        self.E_terms = (ui.astype(np.int64), ni.astype(np.int64), self.E[ui, ni]) if ui.size <= 4 * max(n_out, 1) else None
+        # ... or, where few unit columns reach each output (a depthwise layer: one), term by term in
+        # runs of consecutive outputs of one unit column (jit.unit_terms): no [P, N] temporaries
+        ui, ni = np.nonzero(self.E)  # (by unit column, then output)
+        self.E_terms = None
+        if ui.size <= 4 * max(n_out, 1):
+            new_run = np.ones(ui.size, dtype=bool)
+            new_run[1:] = (ui[1:] != ui[:-1]) | (ni[1:] != ni[:-1] + 1)
+            starts = np.nonzero(new_run)[0]
+            self.E_terms = (np.append(starts, ui.size).astype(np.int64), ui[starts].astype(np.int64),
+                            ni[starts].astype(np.int64), self.E[ui, ni])  # (rs, ru, rn, val)
         if self.E_terms is not None and ui.size and first_time("unit_terms"):  # compile (or load) before a run
             from runtime import jit as JIT  # noqa: PLC0415
 
-            one = np.zeros(1, dtype=np.int64)
-            JIT.unit_terms(np.zeros((1, 1), dtype=np.int64), one, one, one, one, np.zeros((1, 1), dtype=np.int64))
+            one, two = np.zeros(1, dtype=np.int64), np.array([0, 1], dtype=np.int64)
+            JIT.unit_terms(np.zeros((1, 1), dtype=np.int64), one, two, one, one, one, np.zeros((1, 1), dtype=np.int64))
         if self.runs and first_time("shiftadd"):  # compile (or load) the run's loop before a run
             self.apply(np.zeros((1, ncols), dtype=np.int64), None)
 
@@ -864,14 +870,15 @@ class ShiftaddPlan:
         besides the direct columns' own); reads only those columns of ``src``, or, ``compact``,
         ``src`` holds just the columns ``column_targets`` stores, in that order."""
         units, bcols = self.compact_cols if compact else (self.units, self.bcols)
-        if units.size and self.E_terms is not None and src.dtype == np.int64 and acc.flags.c_contiguous:
+        if (units.size and self.E_terms is not None and src.dtype == np.int64 and acc.flags.c_contiguous
+                and src.flags.c_contiguous):
             from runtime import jit as JIT  # noqa: PLC0415 - numba is imported on first use
 
             u = units.astype(np.int64, copy=False)
             P = src.shape[0]
             step = -(-P // _workers())  # (rows apart: the worker threads share them)
             _map(lambda p0: JIT.unit_terms(src[p0 : p0 + step], u, *self.E_terms, acc[p0 : p0 + step]),  # exact: the caller's exact_for
-                 list(range(0, P, step)), work=P * self.E_terms[0].size, min_work=UNIT_TERMS_SPLIT)
+                 list(range(0, P, step)), work=P * self.E_terms[3].size, min_work=UNIT_TERMS_SPLIT)
         elif units.size:
             u = src[:, units]
             if vmax is not None and vmax * self.e_bound < (1 << 53):  # every partial sum exact in float64
