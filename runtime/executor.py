@@ -795,6 +795,13 @@ class Machine:
                 continue
         for first in self.run_shiftadds:  # the folded shiftadds (their plans, and the kernels they call)
             fusion = self._run_fusion(first, fast_path)
+            if fusion is not None:  # (and what its groups' products and events keep per layer)
+                groups, _fast, _plan, (tgt, cf, _stored), _vmax, bits, dac = fusion
+                try:
+                    self._sparse_batch_of((first, fast_path), groups, tgt, cf, bits, dac)
+                    self._layer_group_plans((first, fast_path), groups, bits)
+                except (KeyError, TypeError, ValueError, ProgramError):
+                    pass  # execution reports what is wrong
             if fusion is not None and fusion[1]:
                 _warm("columns", JIT.columns_into_sums, np.zeros((1, 1), dtype=np.int64), np.full(1, -1, dtype=np.int64),
                       np.zeros(1, dtype=np.int64), np.zeros((1, 0), dtype=np.int64), np.zeros((1, 0), dtype=np.int64))
@@ -1218,6 +1225,15 @@ class Machine:
         """``_group_events`` of a fused bit-level layer's groups, with what does not depend on the
         data (each group's key and plan, their column homes merged) kept per layer (first mvm, fast
         path): one by one, ~6 µs a group (MobileNetV2: ~600 groups a run)."""
+        keyed, merged = self._layer_group_plans(layer, groups, bits)
+        P, itemsize = src2d.shape[0], src2d.dtype.itemsize
+        for (key, plan, src_name), ones in zip(keyed, group_ones):
+            self._pend_events(key, plan, P, itemsize, src_name, np.array([ones], dtype=np.int64))
+        for dst, homes in merged.items():
+            self.colhomes.setdefault(dst, {}).update(homes)
+
+    def _layer_group_plans(self, layer: tuple, groups, bits: int) -> tuple[list, dict]:
+        """What ``_layer_group_events`` keeps per layer (built once)."""
         cached = self.layer_group_plans.get((*layer, bits))
         if cached is None:
             keyed, merged = [], {}
@@ -1229,12 +1245,7 @@ class Machine:
                 keyed.append((key, self.fused_events_plans[key], f["src"]))
                 merged.setdefault(f["dst"], {}).update(self.fused_events_plans[key].colhomes)
             cached = self.layer_group_plans[(*layer, bits)] = (keyed, merged)
-        keyed, merged = cached
-        P, itemsize = src2d.shape[0], src2d.dtype.itemsize
-        for (key, plan, src_name), ones in zip(keyed, group_ones):
-            self._pend_events(key, plan, P, itemsize, src_name, np.array([ones], dtype=np.int64))
-        for dst, homes in merged.items():
-            self.colhomes.setdefault(dst, {}).update(homes)
+        return cached
 
     def _run_mvm_run(self, first: int, stats: list[InstrStats], fast_path: bool) -> int:
         """A run of mvms: the crossbars sharing a row table that take the bit-level path run as one
@@ -1508,13 +1519,17 @@ class Machine:
         (``kernels_sparse.sparse_batch``, built once per layer), or None where fewer than two do
         or one call cannot take them. Their rows must lie within the source (else each group's
         own product reports it)."""
+        sb = self._sparse_batch_of(key, groups, tgt, cf, bits, dac)
+        return sb if sb is not None and sb[0].row_end <= src2d.shape[1] else None
+
+    def _sparse_batch_of(self, key: tuple, groups, tgt, cf, bits: int, dac: int) -> tuple | None:
+        """``_sparse_batch`` before the source's check (built once per layer)."""
         if key not in self.sparse_batches:
             idx = [j for j, (_m, g, _c) in enumerate(groups) if g.sparse_plan(bits, dac) is not None]
             b = KS.sparse_batch([(groups[j][1], groups[j][1].sparse_plan(bits, dac), groups[j][2]) for j in idx], tgt, cf) \
                 if len(idx) >= 2 else None
             self.sparse_batches[key] = None if b is None else (b, idx)
-        sb = self.sparse_batches[key]
-        return sb if sb is not None and sb[0].row_end <= src2d.shape[1] else None
+        return self.sparse_batches[key]
 
     def op_shiftadd(self, ins: Instr, fast: bool):
         src_name, dst_name = _need(ins, "src", self.pc), _need(ins, "dst", self.pc)
@@ -2084,8 +2099,8 @@ def _keep_freed_memory() -> None:
     the kernel (Linux with glibc; elsewhere nothing). By default every block past 128 KiB is a
     fresh mapping and a freed heap top is trimmed, so each run's temporaries came back as new
     pages, zeroed by the kernel on first touch: ~4,500 page faults a MobileNetV2 bit-level run at
-    batch 1 (0 after), and measured 115–124 against 120–139 ms (fastest of 10 runs, four pairs of processes).
-    A process-wide setting, made once: the simulator's own process is what it tunes."""
+    batch 1 (0 after), and measured 115–124 against 120–139 ms (fastest of 10 runs, four pairs of
+    processes). A process-wide setting, made once: the simulator's own process is what it tunes."""
     if _ALLOCATOR_TUNED:
         return
     _ALLOCATOR_TUNED.append(True)

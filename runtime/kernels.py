@@ -386,8 +386,8 @@ class XbarGroup:
                     x = np.zeros((2, int(self.row_idx.max()) + 1 if self.row_idx.size else 1), dtype=np.uint8)
                     out = np.zeros((2, 2 * int(self.offsets[-1])), dtype=np.int64)
                     mvm_group(x, self, bits, dac_bits, out=out[:, ::2] if layout == "A" else out[:, : int(self.offsets[-1])])
-            batch = KS.sparse_batch([(self, self.sparse_plan(bits, dac_bits), 0)], *_own_columns(int(self.offsets[-1]), 0)[:2])
-            if batch is not None and first_time("sparse-batch"):  # (a layer's groups in one call)
+            if isinstance(self.row_sel, slice) and first_time("sparse-batch"):  # (a layer's groups in one call)
+                batch = KS.sparse_batch([(self, self.sparse_plan(bits, dac_bits), 0)], *_own_columns(int(self.offsets[-1]), 0)[:2])
                 xk = np.zeros((batch.row_end, 2), dtype=np.uint8)
                 KS.mvm_groups_sparse(xk, batch, 0, 1, 0, 2, np.zeros((2, int(self.offsets[-1])), dtype=np.int64),
                                      np.zeros((2, 0), dtype=np.int64))
