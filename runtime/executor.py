@@ -1213,13 +1213,17 @@ class Machine:
     def _group_events(self, ks: list[int], bits: int, src2d: np.ndarray, dac_ones: int) -> None:
         """A bit-level crossbar group's mvm events, as _mvm_post would count them one by one (one
         row block: one dac_ones), pending until flush_events."""
-        key = ("group", tuple(ks), bits)
-        plan = self.fused_events_plans.get(key)
-        if plan is None:
-            plan = self.fused_events_plans[key] = self._events_plan(ks, bits, "bit-level")
+        key, plan = self._group_plan(ks, bits)
         f = self.instrs[ks[0]].fields
         self._pend_events(key, plan, src2d.shape[0], src2d.dtype.itemsize, f["src"], np.array([dac_ones], dtype=np.int64))
         self.colhomes.setdefault(f["dst"], {}).update(plan.colhomes)
+
+    def _group_plan(self, ks: list[int], bits: int) -> tuple[tuple, FusedEventsPlan]:
+        """A bit-level crossbar group's events key and plan (built once)."""
+        key = ("group", tuple(ks), bits)
+        if key not in self.fused_events_plans:
+            self.fused_events_plans[key] = self._events_plan(ks, bits, "bit-level")
+        return key, self.fused_events_plans[key]
 
     def _layer_group_events(self, layer: tuple, groups, bits: int, src2d: np.ndarray, group_ones: list[int]) -> None:
         """``_group_events`` of a fused bit-level layer's groups, with what does not depend on the
@@ -1238,12 +1242,10 @@ class Machine:
         if cached is None:
             keyed, merged = [], {}
             for members, _g, _c in groups:
-                key = ("group", tuple(members), bits)
-                if key not in self.fused_events_plans:
-                    self.fused_events_plans[key] = self._events_plan(members, bits, "bit-level")
+                key, plan = self._group_plan(members, bits)
                 f = self.instrs[members[0]].fields
-                keyed.append((key, self.fused_events_plans[key], f["src"]))
-                merged.setdefault(f["dst"], {}).update(self.fused_events_plans[key].colhomes)
+                keyed.append((key, plan, f["src"]))
+                merged.setdefault(f["dst"], {}).update(plan.colhomes)
             cached = self.layer_group_plans[(*layer, bits)] = (keyed, merged)
         return cached
 

@@ -572,6 +572,32 @@ def _spread_block(xt, p0, p1, T, v, spt, nzc, sp, pop):
 
 
 @njit(**_JIT)
+def _exact_product(xt, p0, n, bx, xs, rows, vals, e0, e1, xmask, res):
+    """res[i] = bx·xs[i] + Σ_e vals[e]·(xt[rows[e], p0 + i] & xmask) for e in e0..e1, i < n: an
+    unsaturable column's exact product, or a sum's folded ones (``sparse_group``; ``xs`` is only
+    read where bx is non-zero)."""
+    for i in range(n):
+        res[i] = bx * xs[i] if bx != 0 else 0
+    for e in range(e0, e1):
+        ex, src = np.int64(vals[e]), xt[rows[e], p0 : p0 + n]
+        for i in range(n):
+            res[i] += ex * (np.int64(src[i]) & xmask)
+
+
+@njit(**_JIT)
+def _add_into(res, n, fc, t, local, L, tmin, sums, p0):
+    """Sum t of iterations p0..p0 + n gains fc·res (``sparse_group``): in the block's local rows
+    ``L`` where it keeps them, else in ``sums``."""
+    if local:
+        Lj = L[t - tmin]
+        for i in range(n):
+            Lj[i] += fc * res[i]
+    else:
+        for i in range(n):
+            sums[p0 + i, t] += fc * res[i]
+
+
+@njit(**_JIT)
 def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, smask, exact, xptr, xrow, xval, xtgt, xbg, tgt,
                  cf, out, sums, PB, wu, wi):
     """The bit-level mvm of a crossbar group with sparse columns (``kernels_sparse``) on
@@ -651,32 +677,14 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
                 for i in range(n):
                     xs[i] += np.int64(src[i]) & xmask
         for k in range(xtgt.size):  # the exact columns of one target, as one product
-            t, bx = xtgt[k], xbg[k]
-            for i in range(n):
-                res[i] = bx * xs[i] if bx != 0 else 0
-            for e in range(xptr[k], xptr[k + 1]):
-                ex, src = xval[e], xt[xrow[e], p0:p1]
-                for i in range(n):
-                    res[i] += ex * (np.int64(src[i]) & xmask)
-            if local:
-                Lj = L[t - tmin]
-                for i in range(n):
-                    Lj[i] += res[i]
-            else:
-                for i in range(n):
-                    sums[p0 + i, t] += res[i]
+            _exact_product(xt, p0, n, np.int64(xbg[k]), xs, xrow, xval, xptr[k], xptr[k + 1], xmask, res)
+            _add_into(res, n, np.int64(1), xtgt[k], local, L, tmin, sums, p0)
         for c in range(C):
             if exact[c] == 2:
                 continue
             hm, th, kp = HM[c], TH[c], KP[c]
             if exact[c]:
-                bx = np.int64(bg[c])
-                for i in range(n):
-                    res[i] = bx * xs[i]
-                for e in range(ptr[c], ptr[c + 1]):
-                    ex, src = np.int64(ev[e]), xt[erow[e], p0:p1]
-                    for i in range(n):
-                        res[i] += ex * (np.int64(src[i]) & xmask)
+                _exact_product(xt, p0, n, np.int64(bg[c]), xs, erow, ev, ptr[c], ptr[c + 1], xmask, res)
             for k in range(0 if exact[c] else NW):
                 b, pk = bg[c], pop[k]
                 for i in range(n):
@@ -707,14 +715,7 @@ def sparse_group(xt, q0, q1, T, v, Lb, spt, nzc, bg, ptr, erow, ev, HM, TH, KP, 
                     res[i] = r if k == 0 else res[i] + r
             t = tgt[c]
             if t >= 0:
-                fc = cf[c]
-                if local:
-                    Lj = L[t - tmin]
-                    for i in range(n):
-                        Lj[i] += fc * res[i]
-                else:
-                    for i in range(n):
-                        sums[p0 + i, t] += fc * res[i]
+                _add_into(res, n, cf[c], t, local, L, tmin, sums, p0)
             elif t <= -2:
                 for i in range(n):
                     out[p0 + i, -2 - t] = res[i]

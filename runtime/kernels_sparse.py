@@ -16,9 +16,12 @@ and pairs of lanes merge into fields until each word is one shift-and-added valu
 (``jit.sparse_group``). A column that no read can saturate (nor lose a bit to drop-lsb) skips the
 lanes: its result is the exact b[c]·Σ_r x_r + Σ_e (cell_e − b[c])·x_(r_e) (x the codes' low T·v
 bits), which is what its steps shift-add to — the lower weight slices of a depthwise layer,
-about three quarters of its columns on MobileNetV2 under a 6-bit ADC. Measured on MobileNetV2's depthwise groups (126 rows, 57 columns, ~6
-exceptions per column): 3x faster than the byte-packed BLAS product; on dense groups it is
-slower, so ``sparse_plan`` returns a plan only where its cost model says it is cheaper.
+about three quarters of its columns on MobileNetV2 under a 6-bit ADC. Measured on MobileNetV2's
+depthwise groups (126 rows, 57 columns, ~6 exceptions per column): 3x faster than the
+byte-packed BLAS product; on dense groups it is slower, so ``sparse_plan`` returns a plan only
+where its cost model says it is cheaper. A fused layer's groups run as one batch
+(``SparseBatch``), a few compiled calls in all, with the unsaturable columns of one sum folded
+into one product (``combined_exact``).
 """
 
 from __future__ import annotations
