@@ -24,6 +24,7 @@ here, 3x the requantization of a 49-sum line).
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
@@ -38,6 +39,76 @@ def _popcount(typingctx, x):
         return builder.ctpop(args[0])
 
     return types.uint64(types.uint64), codegen
+
+
+@intrinsic
+def _load_u64(typingctx, arr, k):
+    """The 8 bytes of a C-ordered uint8 array from byte k as one little-endian uint64 (an unaligned
+    load; the caller keeps k + 8 within the array)."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(64).as_pointer())
+        return builder.load(ptr, align=1)
+
+    return types.uint64(arr, k), codegen
+
+
+@intrinsic
+def _store_u32(typingctx, arr, k, v):
+    """Bytes k..k + 3 of a C-ordered uint8 array = the low 32 bits of ``v``, little-endian (an
+    unaligned store; the caller keeps k + 4 within the array)."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(32).as_pointer())
+        builder.store(builder.trunc(args[2], ir.IntType(32)), ptr, align=1)
+        return context.get_dummy_value()
+
+    return types.none(arr, k, v), codegen
+
+
+_EVEN_BYTES = np.uint64(0x00FF00FF00FF00FF)
+_EVEN_PAIRS = np.uint64(0x0000FFFF0000FFFF)
+_LOW_HALF = np.uint64(0x00000000FFFFFFFF)
+
+
+@njit(**_JIT)
+def _even_bytes(x):
+    """Bytes 0, 2, 4, 6 of a little-endian uint64, packed into its low 4 bytes."""
+    x &= _EVEN_BYTES
+    x = (x | (x >> np.uint64(8))) & _EVEN_PAIRS
+    return (x | (x >> np.uint64(16))) & _LOW_HALF
+
+
+@njit(**_JIT)
+def split_stride2(src, ph, Hq, Wq, pt, pl):
+    """The 2 x 2 stride phases of ``src`` [B, C, H, W] (one-byte codes, C order) padded by pt rows
+    on top and pl columns on the left, into ``ph`` [B, C, 4, Hq, Wq] (C order, already filled
+    with the pad value): padded element (r, w) goes to phase (r mod 2)·2 + (w mod 2) at
+    (r // 2, w // 2) (``kernels_conv._phases``; the caller checks the grid holds every element).
+
+    Each row is read 8 bytes at a time and its even and odd columns separated with word shifts
+    and masks (little-endian words: the caller checks the byte order). NumPy's strided byte
+    copies took ~0.3 ns a byte here (96 channels of 112 x 112: 379 against 129 µs)."""
+    B, C, H, W = src.shape
+    s, o = src.reshape(src.size), ph.reshape(ph.size)
+    plane = Hq * Wq
+    # real column w: even w to phase column pl mod 2 at w/2 + pl//2; odd w to the other at (w − 1)/2 + (pl + 1)//2
+    even_at = (pl % 2) * plane + pl // 2
+    odd_at = ((pl + 1) % 2) * plane + (pl + 1) // 2
+    words = W // 8
+    for b in range(B):
+        for c in range(C):
+            for r in range(H):
+                pr = r + pt
+                k0 = np.uint64(((b * C + c) * H + r) * W)
+                row = np.uint64(((b * C + c) * 4 + (pr % 2) * 2) * plane + (pr // 2) * Wq)
+                de, do = row + np.uint64(even_at), row + np.uint64(odd_at)
+                for t in range(np.uint64(words)):
+                    x = _load_u64(s, k0 + np.uint64(8) * t)
+                    _store_u32(o, de + np.uint64(4) * t, _even_bytes(x))
+                    _store_u32(o, do + np.uint64(4) * t, _even_bytes(x >> np.uint64(8)))
+                for w in range(8 * words, W):
+                    o[(de if w % 2 == 0 else do) + np.uint64(w // 2)] = s[k0 + np.uint64(w)]
 
 
 @njit(**_JIT)

@@ -24,6 +24,7 @@ takes the arbitrary-precision path (``kernels.requant``).
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,8 @@ from runtime.kernels import PARALLEL_MIN_WORK, LayerMatrix, _map, first_time, re
 #: misses (2^16 sums: MobileNetV2 fast path ~15 % slower at batch 8, ResNet-18 ~15 % at batch 1)
 XT_BLOCK_ELEMS = 1 << 20
 SUM_BLOCK_ELEMS = 1 << 19
+#: ``jit.split_stride2`` reads words as little-endian
+LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 @dataclass
@@ -177,14 +180,10 @@ def _phases(src: np.ndarray, plan: ConvPlan, Ho: int, Wo: int) -> tuple[np.ndarr
         Hq, Wq = -(-Hp // sh), -(-Wp // sw)
         ph = np.full((B, C, sh * sw, Hq * Wq), plan.pad_value, dtype=src.dtype)
         grid = ph.reshape(B, C, sh, sw, Hq, Wq)
-        for p in range(sh):
-            h0 = -(-(pt - p) // sh) if pt > p else 0  # the phase's first row on a real input row
-            r0 = h0 * sh + p - pt
-            for q in range(sw):
-                w0 = -(-(pl - q) // sw) if pl > q else 0
-                c0 = w0 * sw + q - pl
-                part = src[:, :, r0::sh, c0::sw]
-                grid[:, :, p, q, h0 : h0 + part.shape[2], w0 : w0 + part.shape[3]] = part
+        if (sh, sw) == (2, 2) and src.dtype.itemsize == 1 and src.flags.c_contiguous and LITTLE_ENDIAN:
+            JIT.split_stride2(src, grid.reshape(B, C, 4, Hq, Wq), Hq, Wq, pt, pl)
+        else:
+            _split_phases(src, grid, pt, pl)
     taps = plan.cache.get(("taps", Wq))
     if taps is None:
         tp = np.array([((i * dh) % sh) * sw + (j * dw) % sw for i in range(kh) for j in range(kw)], dtype=np.int64)
@@ -193,6 +192,20 @@ def _phases(src: np.ndarray, plan: ConvPlan, Ho: int, Wo: int) -> tuple[np.ndarr
         assert int(to.max()) + (Ho - 1) * Wq + Wo <= Hq * Wq
         taps = plan.cache[("taps", Wq)] = (tp, to)
     return ph, *taps, Wq
+
+
+def _split_phases(src: np.ndarray, grid: np.ndarray, pt: int, pl: int) -> None:
+    """``_phases``' split by NumPy's strided copies: ``grid`` [B, C, sh, sw, Hq, Wq] (filled with
+    the pad value) gets padded element (r, w) of ``src`` at [r mod sh, w mod sw, r // sh, w // sw]."""
+    sh, sw = grid.shape[2], grid.shape[3]
+    for p in range(sh):
+        h0 = -(-(pt - p) // sh) if pt > p else 0  # the phase's first row on a real input row
+        r0 = h0 * sh + p - pt
+        for q in range(sw):
+            w0 = -(-(pl - q) // sw) if pl > q else 0
+            c0 = w0 * sw + q - pl
+            part = src[:, :, r0::sh, c0::sw]
+            grid[:, :, p, q, h0 : h0 + part.shape[2], w0 : w0 + part.shape[3]] = part
 
 
 def _requant(acc: np.ndarray, plan: ConvPlan, n0: int, out: np.ndarray, b0: int, h0: int, biased: bool = False) -> None:

@@ -261,6 +261,27 @@ def test_depthwise_on_large_maps_and_every_stride_phase(stride, dil):
     np.testing.assert_array_equal(got.transpose(0, 2, 3, 1).reshape(-1, Wm.shape[1]), ref)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 13), st.integers(1, 41), st.tuples(*[st.integers(0, 3)] * 4),
+       st.sampled_from([np.uint8, np.int8]), st.integers(0, 2**31 - 1))
+def test_stride2_split_by_words_equals_the_strided_copies(B, C, H, W, pad, dtype, seed):
+    """``jit.split_stride2`` (rows read 8 bytes at a time, their tails byte by byte) puts every
+    element where NumPy's strided copies do, for any pads, row widths and byte types, and writes
+    nothing else: the pad value stays wherever no element lands."""
+    pt, pl, pb, pr = pad
+    rng = np.random.default_rng(seed)
+    src = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max + 1, (B, C, H, W)).astype(dtype)
+    Hq, Wq = -(-(H + pt + pb) // 2), -(-(W + pl + pr) // 2)
+    ref = np.full((B, C, 2, 2, Hq, Wq), 5, dtype=dtype)
+    KC._split_phases(src, ref, pt, pl)
+    got = np.full((B, C, 4, Hq, Wq), 5, dtype=dtype)
+    JIT.split_stride2(src, got, Hq, Wq, pt, pl)
+    np.testing.assert_array_equal(got.reshape(ref.shape), ref)
+    padded = np.full((B, C, 2 * Hq, 2 * Wq), 5, dtype=dtype)  # and both are the padded input, phase by phase
+    padded[:, :, pt : pt + H, pl : pl + W] = src
+    np.testing.assert_array_equal(ref, padded.reshape(B, C, Hq, 2, Wq, 2).transpose(0, 1, 3, 5, 2, 4))
+
+
 def test_deferred_counts_equal_inline_counts_and_raise_their_errors(monkeypatch):
     """Fused conv layers' dac_ones counted on the counting thread (every layer deferred here)
     give the report counted inline; an error in a deferred count reaches the caller."""
