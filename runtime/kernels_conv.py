@@ -128,9 +128,10 @@ def plan_conv(lm: LayerMatrix, bits: int, kernel, stride, pad, dilation, pad_val
 def binary64_scales(bmax: int, mult: np.ndarray, shift: np.ndarray, zp: int, lo: int, hi: int) -> np.ndarray:
     """mult·2^−shift per channel (float64) where binary64 requantizes exactly (``jit._requant_f64``):
     every |sum + bias| <= bmax below 2^53, every |mult| below 2^53 (so the scales are exact),
-    the clamp's bounds below 2^53, and 2^(53 − shift) ≥ max(|hi − zp|, |zp − lo|) + 2; else empty."""
+    the clamp's bounds below 2^53, and 2^(53 − shift) ≥ max(|hi − zp|, |zp − lo|) + 2, at most
+    2^51 (its rounding by 1.5·2^52 needs the clamped quotient below 2^51); else empty."""
     far = max(abs(hi - zp), abs(zp - lo)) + 2
-    if (not mult.size or bmax >= (1 << 53) or int(np.abs(mult).max()) >= (1 << 53)
+    if (not mult.size or bmax >= (1 << 53) or int(np.abs(mult).max()) >= (1 << 53) or far > (1 << 51)
             or max(abs(lo), abs(hi), abs(zp)) >= (1 << 53) or int(shift.max()) > 53 - (far - 1).bit_length()):
         return np.empty(0)
     return np.ldexp(mult.astype(np.float64), -shift.astype(np.int32))

@@ -351,7 +351,8 @@ def test_row_popcounts_equal_numpy_bitwise_count(R, L, mask, seed):
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 62), st.one_of(st.integers(-300, 300), st.integers(-(1 << 52), 1 << 52)), st.integers(-(1 << 40), 1 << 40),
        st.integers(1, 53),
-       st.sampled_from([(0, 0, 255), (128, 0, 255), (0, -128, 127), (-5, -128, 127), (0, -32768, 32767), (7, 3, 9)]),
+       st.sampled_from([(0, 0, 255), (128, 0, 255), (0, -128, 127), (-5, -128, 127), (0, -32768, 32767), (7, 3, 9),
+                        (3, -(1 << 50), 1 << 50), (-1, -(1 << 51), 1 << 51)]),  # (quotients near 1.5·2^52's limit of 2^51)
        st.integers(0, 2**31 - 1))
 @example(shift=1, mult=1, bias=0, bits=20, clamp=(0, 0, 255), seed=0)  # every odd sum a tie at half
 @example(shift=44, mult=(1 << 44) + 1, bias=0, bits=52, clamp=(128, 0, 255), seed=1)  # the largest shift proved for u8
@@ -385,7 +386,7 @@ def test_binary64_requantization_equals_the_integer_one_where_proved(shift, mult
 
     got = np.empty(acc.size, dtype=np.int64)
     n0 = np.uint64(0)
-    JIT._requant_run_f64(acc, n0, got, n0, np.uint64(acc.size), float(bias), float(fscale[0]), float(zp), float(lo), float(hi))
+    JIT._requant_run_f64(acc, n0, got, n0, np.uint64(acc.size), float(bias), float(fscale[0]), *JIT._f64_bounds(zp, lo, hi))
     np.testing.assert_array_equal(got, [exact(int(v)) for v in acc])
     forms = [fscale]
     if (lim + abs(bias)) * abs(mult) < (1 << 63):  # and the integer line's, where its product fits int64
