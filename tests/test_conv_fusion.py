@@ -142,10 +142,11 @@ def test_run_conv_covers_each_product_and_requantization_form(monkeypatch):
 
 
 @SETTINGS
-@given(layers(), st.sampled_from([1, 2, 3]), st.sampled_from(["window", "masks", "separable"]))
+@given(layers(), st.sampled_from([1, 2, 3]), st.sampled_from(["window", "plane", "masks", "separable"]))
 def test_ones_per_column_equals_im2col_popcount(case, dac, path):
-    """Each way of counting: small sources in one compiled call (``jit.window_ones``), small maps
-    by one product with the taps' window masks, else the separable selection products."""
+    """Each way of counting: small sources in one compiled call (``jit.window_ones``), stride-1
+    windows' set bits by whole planes (``jit.plane_ones``), small maps by one product with the
+    taps' window masks, else the separable selection products."""
     src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
     lm = K.LayerMatrix(Wm, bits)
     plan = KC.plan_conv(lm, bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, 0, 255)
@@ -158,8 +159,32 @@ def test_ones_per_column_equals_im2col_popcount(case, dac, path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(KC, "WINDOW_ONES_MAX", 1 << 30 if path == "window" else 0)
         mp.setattr(KC, "MASK_PRODUCT_MAX_HW", 1 << 30 if path == "masks" else 0)
+        mp.setattr(KC, "PLANE_MAX_EXCLUDED", 1 << 30 if path == "plane" else -1)
+        mp.setattr(KC, "PLANE_MIN_HW", 0)
         got = KC.ones_per_column(src, plan, table)
     np.testing.assert_array_equal(got, per_code[cols].sum(axis=0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 20), st.integers(1, 20), st.integers(1, 5), st.integers(1, 5),
+       st.integers(1, 3), st.integers(1, 3), st.tuples(*[st.integers(0, 4)] * 4), st.integers(0, 255), st.integers(0, 2**31 - 1))
+def test_plane_ones_equals_im2col_popcount(B, C, H, W, kh, kw, dh, dw, pad, pv, seed):
+    """``jit.plane_ones`` (a plane's set bits less the rows and columns a tap does not read, plus
+    their crossings, plus the pad value's for its window positions in the padding) on stride-1
+    windows of any size, dilation and padding, rows shorter and longer than a word."""
+    pt, pl, pb, pr = pad
+    if H + pt + pb < dh * (kh - 1) + 1 or W + pl + pr < dw * (kw - 1) + 1:
+        return
+    src = np.random.default_rng(seed).integers(0, 256, (B, C, H, W)).astype(np.uint8)
+    Wm = np.ones((C * kh * kw, 1), dtype=np.int64)
+    plan = KC.plan_conv(K.LayerMatrix(Wm, 8), 8, (kh, kw), (1, 1), pad, (dh, dw), pv, C, np.zeros(1), np.ones(1), np.zeros(1), 0, 0, 255)
+    cols, (Ho, Wo) = _im2col(src.astype(np.int64), (kh, kw), (1, 1), pad, (dh, dw), pv)
+    geometry = KC._plane_geometry(plan, H, W, Ho, Wo)
+    if geometry is None:  # (more rows or columns left out than the path takes)
+        return
+    got = np.empty(C * kh * kw, dtype=np.int64)
+    JIT.plane_ones(src, *geometry, Ho, Wo, int(pv).bit_count(), got)
+    np.testing.assert_array_equal(got, np.bitwise_count(cols).sum(axis=0))
 
 
 @SETTINGS
