@@ -272,6 +272,38 @@ def test_example_runs_its_conv_layers_fused_with_bit_level_outputs_and_counters(
     assert [lay["counters"] for lay in rf["layers"]] == [lay["counters"] for lay in rs["layers"]]
 
 
+def _counted(fn, calls: list):
+    """``fn``, noting each call's arguments in ``calls``."""
+    def wrapped(*a, **k):
+        calls.append(a)
+        return fn(*a, **k)
+    return wrapped
+
+
+@pytest.mark.parametrize("kernel,pad,dil,wmax", [((3, 3), (1, 1, 1, 1), (1, 1), 127), ((7, 7), (3, 3, 3, 3), (1, 1), 127),
+                                                  ((1, 1), (0, 0, 0, 0), (1, 1), 127), ((3, 2), (0, 1, 2, 0), (2, 1), 127),
+                                                  ((3, 3), (2, 0, 1, 3), (1, 2), 2**22)])
+def test_stride2_dense_layer_read_through_its_stride_phases(kernel, pad, dil, wmax):
+    """A dense stride-2 layer of one-byte codes takes its columns from the stride phases, a view
+    per tap (``_tap_view``; a 1 x 1 window from the strided view): odd and even map sizes, pads,
+    dilation, a float64 product, and two images in blocks of a few rows."""
+    rng = np.random.default_rng(kernel[0] * 10 + pad[0])
+    case = (2, 3, 4, 37, 30, kernel, (2, 2), pad, dil, 8, wmax, False, False, int(rng.integers(1 << 30)))
+    src, Wm, kernel, stride, pad, dil, pv, bits, bias, mult, shift, zp = _case(case)
+    plan = KC.plan_conv(K.LayerMatrix(Wm, bits), bits, kernel, stride, pad, dil, pv, src.shape[1], bias, mult, shift, zp, 0, 255)
+    assert plan.dw is None and KC._words_split(src)
+    cols, _ = _im2col(src.astype(np.int64), kernel, stride, pad, dil, pv)
+    ref = _requant_ref(cols @ Wm, bias, mult, shift, zp, 0, 255)
+    for blocks in (KC.XT_BLOCK_ELEMS, 200):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(KC, "XT_BLOCK_ELEMS", blocks)
+            mp.setattr(KC, "PHASE_VIEWS_MIN_WO", 0)
+            mp.setattr(KC, "_tap_view", _counted(KC._tap_view, calls := []))
+            got = KC.run_conv(src, plan, np.uint8)
+        assert len(calls) == (kernel[0] * kernel[1] if kernel != (1, 1) else 0)
+        np.testing.assert_array_equal(got.transpose(0, 2, 3, 1).reshape(-1, Wm.shape[1]), ref)
+
+
 @pytest.mark.parametrize("stride,dil", [((1, 1), (1, 1)), ((2, 2), (1, 1)), ((2, 2), (2, 2)), ((3, 3), (1, 2)), ((1, 2), (1, 1))])
 def test_depthwise_on_large_maps_and_every_stride_phase(stride, dil):
     """Large maps, equal and unequal strides, dilation: every tap's run within its stride phase."""
