@@ -222,15 +222,17 @@ def digits_f32(src, table, out):
 
 @njit(**_JIT)
 def _run_ones(s, k0, n):
-    """The set bits of bytes k0..k0 + n of the flat uint8 array ``s``: 8 bytes a load, the last
-    partial word as the run's last 8 bytes shifted (runs shorter than a word byte by byte)."""
+    """The set bits of bytes k0..k0 + n of the flat uint8 array ``s`` (unsigned offset and count):
+    8 bytes a load, the last partial word as the run's last 8 bytes shifted (runs shorter than a
+    word byte by byte)."""
     t = np.uint64(0)
-    if n >= 8:
-        for i in range(n // 8):
-            t += _popcount(_load_u64(s, k0 + 8 * i))
-        tail = n % 8
+    eight = np.uint64(8)
+    if n >= eight:
+        for i in range(n // eight):
+            t += _popcount(_load_u64(s, k0 + eight * i))
+        tail = n % eight
         if tail:
-            t += _popcount(_load_u64(s, k0 + n - 8) >> np.uint64(8 * (8 - tail)))
+            t += _popcount(_load_u64(s, k0 + n - eight) >> (eight * (eight - tail)))
     else:
         for i in range(n):
             t += _popcount(np.uint64(s[k0 + i]))
@@ -238,62 +240,42 @@ def _run_ones(s, k0, n):
 
 
 @njit(**_JIT)
-def plane_ones(src, rlo, rhi, clo, chi, ex_rows, ex_cols, Ho, Wo, pad_ones, out):
-    """``window_ones`` with 1-bit digits (set bits) for a stride-1 window over ``src`` [B, C, H, W]
-    (one-byte codes, C order): kernel row i reads the real rows rlo[i]..rhi[i] (empty when
-    rhi[i] < rlo[i]) and kernel column j the real columns clo[j]..chi[j], each at one output
-    position; ``ex_rows`` and ``ex_cols`` are the rows and columns that some kernel row or
-    column does not read. Each tap's count is the channel's whole count (its plane, read 8 bytes
-    at a time) less the rows and the columns it does not read, plus their crossings (counted
-    twice), plus ``pad_ones`` for each of its window positions in the padding. One pass over
-    the input: the products of ``kernels_conv.ones_per_column`` cost ~1 ns a byte on small maps."""
+def plane_features(src, ex_rows, ex_cols, feats):
+    """Per channel c of ``src`` [B, C, H, W] (one-byte codes, C order), summed over the images:
+    feats[c] = (the set bits of its plane; of its rows ex_rows[a], for each a; of its columns
+    ex_cols[e], for each e; of each crossing (ex_rows[a], ex_cols[e]), a-major), the terms of
+    which ``kernels_conv._ones_by_planes`` makes each stride-1 tap's count. Planes and rows are
+    read 8 bytes at a time (``_run_ones``), columns byte by byte; flat unsigned offsets."""
     B, C, H, W = src.shape
-    kh, kw = rlo.size, clo.size
-    s = src.reshape(src.size)
+    s, f = src.reshape(src.size), feats.reshape(feats.size)
     nr, nc = ex_rows.size, ex_cols.size
-    row_ones = np.zeros(nr, dtype=np.int64)
-    col_ones = np.zeros(nc, dtype=np.int64)
-    cross = np.zeros((nr, nc), dtype=np.int64)
-    row_out = np.zeros((kh, nr), dtype=np.bool_)  # kernel row i does not read ex_rows[a]
-    col_out = np.zeros((kw, nc), dtype=np.bool_)
-    for i in range(kh):
-        for a in range(nr):
-            row_out[i, a] = not rlo[i] <= ex_rows[a] <= rhi[i]
-    for j in range(kw):
-        for e in range(nc):
-            col_out[j, e] = not clo[j] <= ex_cols[e] <= chi[j]
-    for c in range(C):
-        total = np.int64(0)
-        row_ones[:] = 0
-        col_ones[:] = 0
-        cross[:] = 0
-        for b in range(B):
-            k0 = (b * C + c) * H * W
-            total += _run_ones(s, k0, H * W)
+    F = np.uint64(feats.shape[1])
+    plane, w = np.uint64(H * W), np.uint64(W)
+    rows = np.empty(nr, dtype=np.uint64)
+    cols = np.empty(nc, dtype=np.uint64)
+    for a in range(nr):
+        rows[a] = np.uint64(ex_rows[a]) * w
+    for e in range(nc):
+        cols[e] = np.uint64(ex_cols[e])
+    for c in range(np.uint64(C)):
+        o = c * F
+        for k in range(F):
+            f[o + k] = 0
+        for b in range(np.uint64(B)):
+            k0 = (b * np.uint64(C) + c) * plane
+            f[o] += _run_ones(s, k0, plane)
             for a in range(nr):
-                row_ones[a] += _run_ones(s, k0 + ex_rows[a] * W, W)
+                r0 = k0 + rows[a]
+                f[o + np.uint64(1 + a)] += _run_ones(s, r0, w)
+                x0 = o + np.uint64(1 + nr + nc + a * nc)
                 for e in range(nc):
-                    cross[a, e] += np.int64(_popcount(np.uint64(s[k0 + ex_rows[a] * W + ex_cols[e]])))
+                    f[x0 + np.uint64(e)] += np.int64(_popcount(np.uint64(s[r0 + cols[e]])))
             for e in range(nc):
                 t = np.uint64(0)
-                for r in range(H):
-                    t += _popcount(np.uint64(s[k0 + r * W + ex_cols[e]]))
-                col_ones[e] += np.int64(t)
-        for i in range(kh):
-            rows_in = rhi[i] - rlo[i] + 1 if rhi[i] >= rlo[i] else 0
-            for j in range(kw):
-                cols_in = chi[j] - clo[j] + 1 if chi[j] >= clo[j] else 0
-                t = total
-                for a in range(nr):
-                    if row_out[i, a]:
-                        t -= row_ones[a]
-                for e in range(nc):
-                    if col_out[j, e]:
-                        t -= col_ones[e]
-                        for a in range(nr):
-                            if row_out[i, a]:
-                                t += cross[a, e]
-                out[(c * kh + i) * kw + j] = t + np.int64(B) * pad_ones * (Ho * Wo - rows_in * cols_in)
+                q = k0 + cols[e]
+                for r in range(np.uint64(H)):
+                    t += _popcount(np.uint64(s[q + r * w]))
+                f[o + np.uint64(1 + nr + e)] += np.int64(t)
 
 
 @njit(**_JIT)

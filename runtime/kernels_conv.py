@@ -554,37 +554,64 @@ MASK_PRODUCT_MAX_HW = 1024
 
 
 #: most rows, and most columns, that some kernel row (column) of a stride-1 window does not read,
-#: for ``ones_per_column`` to count by whole planes less those (``jit.plane_ones``)
+#: for ``ones_per_column`` to count by whole planes less those (``_ones_by_planes``)
 PLANE_MAX_EXCLUDED = 8
 #: least pixels of an input map (H·W) for that: measured on MobileNetV2's 3 x 3 layers, 32 channels
-#: of 112 x 112: 18 against 67 µs; 144 of 56 x 56: 44 against 115; 192 of 28 x 28: 41 against 76;
-#: on smaller maps the per-channel work costs more than the products (960 of 7 x 7: 146 against 30)
+#: of 112 x 112: 15 against 67 µs; 144 of 56 x 56: 28 against 115; 192 of 28 x 28: 27 against 76;
+#: on smaller maps the few terms per channel cost more than the window-mask product (960 of 7 x 7:
+#: 97 against 30; 384 of 14 x 14: 44 against 38)
 PLANE_MIN_HW = 512
 
 
-def _plane_geometry(plan: ConvPlan, H: int, W: int, Ho: int, Wo: int) -> tuple[np.ndarray, ...] | None:
-    """For ``jit.plane_ones`` (stride 1): each kernel row's first and last real input row, each
-    kernel column's likewise, and the rows and columns that some kernel row or column does not
-    read; None where those are more than PLANE_MAX_EXCLUDED (cached per input size)."""
+def _plane_terms(plan: ConvPlan, H: int, W: int, Ho: int, Wo: int) -> tuple[np.ndarray, ...] | None:
+    """For ``_ones_by_planes`` (stride 1), cached per input size: the rows and the columns that
+    some kernel row or column does not read; [F, kh·kw] float64, how each of ``jit.plane_features``'
+    terms adds to each tap (its plane +1, each row and column it does not read −1, each crossing
+    of two of those +1); and [kh, kw], each tap's window positions in the padding. None where the
+    rows or columns left out are more than PLANE_MAX_EXCLUDED."""
     key = ("plane", H, W)
     if key not in plan.cache:
         (kh, kw), (pt, pl, _pb, _pr), (dh, dw) = plan.kernel, plan.pad, plan.dilation
 
-        def spans(k: int, d: int, lead: int, n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            lo = np.array([max(0, t * d - lead) for t in range(k)], dtype=np.int64)
-            hi = np.array([min(n_in - 1, t * d - lead + n_out - 1) for t in range(k)], dtype=np.int64)
-            read_by_all = np.ones(n_in, dtype=bool)
-            for a, b in zip(lo, hi):
-                inside = np.zeros(n_in, dtype=bool)
-                inside[a : b + 1] = True  # (nothing when b < a)
-                read_by_all &= inside
-            return lo, hi, np.flatnonzero(~read_by_all).astype(np.int64)
+        def reads(k: int, d: int, lead: int, n_in: int, n_out: int) -> np.ndarray:
+            """[k, n_in]: whether kernel offset t reads input position p (stride 1: one run)."""
+            pos = np.arange(n_in)
+            first = np.arange(k)[:, None] * d - lead
+            return (pos >= first) & (pos < first + n_out)
 
-        rlo, rhi, ex_rows = spans(kh, dh, pt, H, Ho)
-        clo, chi, ex_cols = spans(kw, dw, pl, W, Wo)
-        fits = ex_rows.size <= PLANE_MAX_EXCLUDED and ex_cols.size <= PLANE_MAX_EXCLUDED
-        plan.cache[key] = (rlo, rhi, clo, chi, ex_rows, ex_cols) if fits else None
+        rows, cols = reads(kh, dh, pt, H, Ho), reads(kw, dw, pl, W, Wo)
+        ex_rows, ex_cols = np.flatnonzero(~rows.all(axis=0)), np.flatnonzero(~cols.all(axis=0))
+        if ex_rows.size > PLANE_MAX_EXCLUDED or ex_cols.size > PLANE_MAX_EXCLUDED:
+            plan.cache[key] = None
+            return None
+        row_out = (~rows[:, ex_rows]).astype(np.float64)  # [kh, nr]: kernel row i leaves out ex_rows[a]
+        col_out = (~cols[:, ex_cols]).astype(np.float64)  # [kw, nc]
+        terms = [np.ones((kh, kw))]
+        terms += [-np.broadcast_to(row_out[:, a, None], (kh, kw)) for a in range(ex_rows.size)]
+        terms += [-np.broadcast_to(col_out[None, :, e], (kh, kw)) for e in range(ex_cols.size)]
+        terms += [np.outer(row_out[:, a], col_out[:, e]) for a in range(ex_rows.size) for e in range(ex_cols.size)]
+        coef = np.stack([t.reshape(-1) for t in terms]).astype(np.float64)
+        free = Ho * Wo - np.outer(rows.sum(axis=1), cols.sum(axis=1))
+        plan.cache[key] = (ex_rows.astype(np.int64), ex_cols.astype(np.int64), coef, free.astype(np.float64))
     return plan.cache[key]
+
+
+def _ones_by_planes(src: np.ndarray, plan: ConvPlan, Ho: int, Wo: int, pad_ones: int) -> np.ndarray | None:
+    """``ones_per_column`` for 1-bit digits of a stride-1 window over one-byte codes in C order:
+    each tap's count is its channel's planes' less the rows and columns it does not read, plus
+    their crossings (counted twice), plus the pad value's for its window positions in the
+    padding: a few terms per channel in one pass (``jit.plane_features``), then one product with
+    each tap's coefficients (float64: every count an integer below 2^53). None where the rows or
+    columns some tap leaves out are many (``_plane_terms``)."""
+    B, C, H, W = src.shape
+    terms = _plane_terms(plan, H, W, Ho, Wo)
+    if terms is None:
+        return None
+    ex_rows, ex_cols, coef, free = terms
+    feats = np.empty((C, coef.shape[0]), dtype=np.int64)
+    JIT.plane_features(src, ex_rows, ex_cols, feats)
+    res = feats.astype(np.float64) @ coef  # [C, kh·kw]
+    return _with_pad_terms(res.reshape(C, *plan.kernel), free, B * pad_ones)
 
 
 def ones_per_column(src: np.ndarray, plan: ConvPlan, table: np.ndarray | None) -> np.ndarray:
@@ -613,11 +640,9 @@ def ones_per_column(src: np.ndarray, plan: ConvPlan, table: np.ndarray | None) -
         JIT.window_ones(src, _NO_TABLE if table is None else table, kh, kw, sh, sw, pt, pl, *plan.dilation, Ho, Wo, pad_ones, out)
         return out
     if table is None and (sh, sw) == (1, 1) and H * W >= PLANE_MIN_HW and src.dtype == np.uint8 and src.flags.c_contiguous:
-        geometry = _plane_geometry(plan, H, W, Ho, Wo)
-        if geometry is not None:
-            out = np.empty(C * kh * kw, dtype=np.int64)
-            JIT.plane_ones(src, *geometry, Ho, Wo, pad_ones, out)
-            return out
+        res = _ones_by_planes(src, plan, Ho, Wo, pad_ones)
+        if res is not None:
+            return res
     if H * W <= MASK_PRODUCT_MAX_HW:
         digits = np.empty((B * C, H * W), dtype=np.float32)
         JIT.digits_f32(np.ascontiguousarray(src), _NO_TABLE if table is None else table, digits)
