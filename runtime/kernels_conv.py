@@ -401,6 +401,10 @@ def warm_up(plan: ConvPlan, src_dtype, out_dtype) -> None:
             run_conv_counting(x, plan, out_dtype, table)
             # (small maps' counts by the window masks: too small here for ones_per_column to take them)
             JIT.digits_f32(x, _NO_TABLE if table is None else table, np.empty(x.shape, dtype=np.float32))
+    if np.dtype(src_dtype) == np.uint8:  # (large maps' counts by planes, and stride-2 splits: likewise)
+        JIT.plane_features(x, _NO_ROWS, _NO_ROWS, np.empty((plan.C, 1), dtype=np.int64))
+    if np.dtype(src_dtype).itemsize == 1 and LITTLE_ENDIAN:
+        JIT.split_stride2(x, np.empty((*x.shape[:2], 4, *x.shape[2:]), dtype=x.dtype), x.shape[2], x.shape[3], 0, 0)
 
 
 def _selection(n_in: int, lead: int, k: int, dil: int, stride: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -546,6 +550,7 @@ def _ones_by_word_popcounts(src: np.ndarray, plan: ConvPlan, Ho: int, Wo: int, p
 #: slower past ~25,000 (32 channels of 28 x 28: 53 against 36 µs)
 WINDOW_ONES_MAX = 1 << 14
 _NO_TABLE = np.empty(0, dtype=np.uint8)  # (window_ones counts set bits)
+_NO_ROWS = np.empty(0, dtype=np.int64)  # (plane_features of no rows or columns left out)
 #: most pixels of an input map (H·W) for which ``ones_per_column`` counts every tap at once, as one
 #: product of the digits' counts with the taps' window masks: measured on MobileNetV2's
 #: depthwise layers, 960 channels of 7 x 7: 30 against 98 µs; 192 of 28 x 28: 81 against 114 µs;
