@@ -828,7 +828,7 @@ class Machine:
             if ins.opcode == "add" and None not in decls:
                 ta, tb, td = (DTYPES[d.dtype] for d in decls)
                 _warm(("add", ta.str, tb.str, td.str), JIT.add_exact, np.zeros(1, dtype=ta), np.zeros(1, dtype=tb),
-                      0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, np.zeros(1, dtype=td))
+                      0.0, 0.0, 1.0, 1.0, 1.0, 0, 0, 0, np.zeros(1, dtype=td))
         self.prepared.add(fast_path)
 
     def _shiftadd_plan(self, name: str, colmap: np.ndarray, n_out: int, ncols: int) -> K.ShiftaddPlan:

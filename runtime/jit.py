@@ -518,13 +518,14 @@ def depthwise(ph, tp, to, coef, bias, mult, shift, fscale, zp, lo, hi, Wq, b0, b
 
 @njit(**_JIT)
 def add_exact(a, b, za, zb, ma, mb, scale, zp, lo, hi, out):
-    """out = clamp(rint((ma·(a − za) + mb·(b − zb))·scale) + zp, lo, hi) on flat arrays, in
-    binary64 (``kernels_digital.add``: its caller has proved every term an integer below 2^53 and
-    ``scale`` a power of two, so each step is exact and rint is rne), written in out's type."""
+    """out = clamp(rne((ma·(a − za) + mb·(b − zb))·scale) + zp, lo, hi) on flat arrays, in
+    binary64 (``kernels_digital.add``: its caller has proved every term an integer below 2^53,
+    ``scale`` a power of two, so each step is exact, and |lo − zp|, |hi − zp| ≤ 2^51), rounded as
+    ``_requant_f64`` rounds, written in out's type (integer zp, lo, hi)."""
+    zlo, zhi, zbits = _f64_bounds(zp, lo, hi)
     for i in range(out.size):
         y = ((a[i] - za) * ma + (b[i] - zb) * mb) * scale
-        y = np.rint(y) + zp
-        out[i] = min(max(y, lo), hi)
+        out[i] = _f64_bits(min(max(y, zlo), zhi) + _ROUNDER) + zbits
 
 
 @njit(**_JIT)

@@ -54,10 +54,11 @@ def add(a, b, ma, mb, shift, za, zb, zp, lo, hi, out_dtype=None) -> np.ndarray:
         (alo, ahi), (blo, bhi) = type_range(a.dtype), type_range(b.dtype)
         bound = abs(int(ma)) * max(abs(alo - za), abs(ahi - za)) + abs(int(mb)) * max(abs(blo - zb), abs(bhi - zb))
         if bound < (1 << 53) and abs(int(zp)) < (1 << 52) and abs(int(lo)) < (1 << 53) and abs(int(hi)) < (1 << 53):
-            if out_dtype is not None and a.shape == b.shape and a.flags.c_contiguous and b.flags.c_contiguous:
+            if (out_dtype is not None and a.shape == b.shape and a.flags.c_contiguous and b.flags.c_contiguous
+                    and max(abs(int(lo) - int(zp)), abs(int(hi) - int(zp))) <= (1 << 51)):
                 out = np.empty(a.shape, dtype=out_dtype)  # (one compiled pass: a residual add)
                 JIT.add_exact(a.reshape(-1), b.reshape(-1), float(za), float(zb), float(ma), float(mb),
-                              float(np.ldexp(1.0, -int(shift))), float(zp), float(lo), float(hi), out.reshape(-1))
+                              float(np.ldexp(1.0, -int(shift))), int(zp), int(lo), int(hi), out.reshape(-1))
                 return out
             y = a.astype(np.float64)
             y -= za
