@@ -156,17 +156,6 @@ def block_sums(per, rows, starts, blocks, out):
 
 
 @njit(**_JIT)
-def short_row_popcounts(data, row_bytes, out):
-    """out[r] = the set bits of bytes r·row_bytes .. (r + 1)·row_bytes − 1 of ``data`` (uint8):
-    rows shorter than a word, byte by byte (``byte_row_popcounts`` sets up each row's words)."""
-    for r in range(out.size):
-        s = np.uint64(0)
-        for i in range(r * row_bytes, (r + 1) * row_bytes):
-            s += _popcount(np.uint64(data[i]))
-        out[r] = s
-
-
-@njit(**_JIT)
 def im2col_counts(src, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, pad_value, table, xt, ones):
     """A small dense layer's im2col matrix transposed into ``xt`` [K + 1, B·Ho·Wo] (its type; the
     last row ones, for a bias column of the layer matrix) from ``src`` [B, C, H, W] (``pad_value``
@@ -237,6 +226,15 @@ def _run_ones(s, k0, n):
         for i in range(n):
             t += _popcount(np.uint64(s[k0 + i]))
     return np.int64(t)
+
+
+@njit(**_JIT)
+def run_popcounts(data, row_bytes, out):
+    """out[r] = the set bits of bytes r·row_bytes .. (r + 1)·row_bytes − 1 of ``data`` (uint8, flat):
+    rows that are not whole words (``_run_ones``: no read past a row's end)."""
+    n = np.uint64(row_bytes)
+    for r in range(np.uint64(out.size)):
+        out[r] = _run_ones(data, r * n, n)
 
 
 @njit(**_JIT)
@@ -315,26 +313,6 @@ def window_ones(src, table, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, pad_ones, ou
                     if 0 <= r < H:
                         t += a[j, r]
                 out[(c * kh + i) * kw + j] = t
-
-
-@njit(**_JIT)
-def byte_row_popcounts(words, row_bytes, out):
-    """out[r] = the set bits of bytes r·row_bytes .. (r + 1)·row_bytes − 1 of a byte stream read
-    as little-endian uint64 ``words`` (zero past its end): rows that are not whole words."""
-    for r in range(out.size):
-        b0 = r * row_bytes
-        b1 = b0 + row_bytes
-        w0, w1 = b0 >> 3, (b1 + 7) >> 3
-        row = words[w0:w1]
-        s = np.uint64(0)
-        for i in range(row.size):
-            s += _popcount(row[i])
-        lead, tail = b0 & 7, b1 & 7  # bytes of the first and last words outside the row
-        if lead:
-            s -= _popcount(row[0] & ((np.uint64(1) << np.uint64(8 * lead)) - np.uint64(1)))
-        if tail:
-            s -= _popcount(row[row.size - 1] & ~((np.uint64(1) << np.uint64(8 * tail)) - np.uint64(1)))
-        out[r] = s
 
 
 @njit(**_JIT)

@@ -7,7 +7,8 @@ no other instruction reads the intermediate buffers, is the exact integer comput
 
 with ``W_eff`` the layer matrix (``kernels.layer_matrix``). It is computed here *channel-major*,
 ``Y^T = W_eff^T @ X^T`` per block of output rows, where ``X^T[k, p]`` is read straight from a
-strided view of the padded input: the im2col matrix, the column results and the int64 sums are
+strided view of the padded input (a wide stride-2 layer: a view per tap of its stride phases,
+``_tap_view``): the im2col matrix, the column results and the int64 sums are
 never materialized, and the output lands in NCHW order without a transpose. Depthwise layers
 (every output channel reads one input channel) are ``kh·kw`` multiply-adds over shifted slices of
 the padded input's stride phases (``jit.depthwise``) instead of a block-diagonal product.
@@ -477,7 +478,7 @@ ALL_BYTES = np.uint64(0xFFFFFFFFFFFFFFFF)
 def row_popcounts(a: np.ndarray, row_bytes: int, mask: np.uint64 = ALL_BYTES) -> np.ndarray:
     """The set bits of each run of ``row_bytes`` bytes of ``a`` (one-byte elements, in C order),
     of the bytes ``mask`` keeps in every 8-byte word (rows of whole words only): int64
-    [a.size // row_bytes] (``jit.word_row_popcounts``, ``jit.byte_row_popcounts``)."""
+    [a.size // row_bytes] (``jit.word_row_popcounts``, ``jit.run_popcounts``)."""
     flat = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
     out = np.empty(flat.size // row_bytes, dtype=np.int64)
     if row_bytes % 8 == 0:
@@ -485,12 +486,7 @@ def row_popcounts(a: np.ndarray, row_bytes: int, mask: np.uint64 = ALL_BYTES) ->
         return out
     if mask != ALL_BYTES:
         raise ValueError("a byte mask needs rows of whole words")
-    if row_bytes < 8:
-        JIT.short_row_popcounts(flat, row_bytes, out)
-        return out
-    if flat.size % 8:  # (zero bytes to whole words)
-        flat = np.concatenate([flat, np.zeros(8 - flat.size % 8, dtype=np.uint8)])
-    JIT.byte_row_popcounts(flat.view(np.uint64), row_bytes, out)
+    JIT.run_popcounts(flat, row_bytes, out)
     return out
 
 

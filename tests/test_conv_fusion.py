@@ -180,6 +180,7 @@ def test_ones_by_planes_equals_im2col_popcount(B, C, H, W, kh, kw, dh, dw, pad, 
     plan = KC.plan_conv(K.LayerMatrix(Wm, 8), 8, (kh, kw), (1, 1), pad, (dh, dw), pv, C, np.zeros(1), np.ones(1), np.zeros(1), 0, 0, 255)
     cols, (Ho, Wo) = _im2col(src.astype(np.int64), (kh, kw), (1, 1), pad, (dh, dw), pv)
     got = KC._ones_by_planes(src, plan, Ho, Wo, int(pv).bit_count())
+
     def left_out(k: int, d: int, lead: int, n_in: int, n_out: int) -> int:  # positions some offset does not read
         return n_in - len(set.intersection(*({t * d - lead + o for o in range(n_out)} for t in range(k))) & set(range(n_in)))
 
